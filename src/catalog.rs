@@ -1,0 +1,607 @@
+//! Table specs and how they become DataFusion listing tables.
+//!
+//! A [`TableSpec`] says where a table's files are and how to read them (format, CSV dialect,
+//! compression, hive partition columns, explicit schema or bounded inference). [`register`]
+//! resolves its location through `storage`, settles the format and the schema, checks that the
+//! files agree with each other (naming both files and the column when they do not), and
+//! registers a `ListingTable`. Must not read table data beyond the bounded schema sample.
+
+use crate::config::{single_byte, ColumnType, TableSection};
+use crate::error::{Error, Result};
+use crate::storage::{self, Location, ResolvedLocation};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::datasource::file_format::csv::CsvFormat;
+use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
+use datafusion::datasource::file_format::json::JsonFormat;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::file_format::FileFormat;
+use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
+use datafusion::prelude::SessionContext;
+use futures::{StreamExt, TryStreamExt};
+use object_store::{ObjectMeta, ObjectStore};
+use std::sync::Arc;
+
+/// Rows read per file to infer a schema when none is given.
+pub const DEFAULT_INFER_ROWS: usize = 1000;
+
+/// How many files' schemas are inferred at once when checking that they agree.
+const SCHEMA_CHECK_CONCURRENCY: usize = 8;
+
+/// A file format Spillway reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableFormat {
+    Csv,
+    Parquet,
+    NdJson,
+}
+
+impl TableFormat {
+    /// Parse a format name from the config or a flag.
+    pub fn parse(text: &str) -> std::result::Result<TableFormat, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "csv" | "tsv" => Ok(TableFormat::Csv),
+            "parquet" => Ok(TableFormat::Parquet),
+            "ndjson" | "jsonl" | "json" => Ok(TableFormat::NdJson),
+            other => Err(format!(
+                "unknown table format `{other}` (expected csv, parquet or ndjson)"
+            )),
+        }
+    }
+}
+
+/// A compression of CSV or NDJSON files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Zstd,
+    Bzip2,
+    Xz,
+}
+
+impl Compression {
+    /// Parse a compression name from the config.
+    pub fn parse(text: &str) -> std::result::Result<Compression, String> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "none" | "uncompressed" => Ok(Compression::None),
+            "gzip" | "gz" => Ok(Compression::Gzip),
+            "zstd" | "zst" => Ok(Compression::Zstd),
+            "bzip2" | "bz2" => Ok(Compression::Bzip2),
+            "xz" => Ok(Compression::Xz),
+            other => Err(format!(
+                "unknown compression `{other}` (expected gzip, zstd, bzip2, xz or none)"
+            )),
+        }
+    }
+
+    fn file_type(self) -> FileCompressionType {
+        match self {
+            Compression::None => FileCompressionType::UNCOMPRESSED,
+            Compression::Gzip => FileCompressionType::GZIP,
+            Compression::Zstd => FileCompressionType::ZSTD,
+            Compression::Bzip2 => FileCompressionType::BZIP2,
+            Compression::Xz => FileCompressionType::XZ,
+        }
+    }
+}
+
+/// Format and compression as told by a file name: `claims.csv.gz` → (Csv, Gzip, tab = false).
+fn detect_from_name(name: &str) -> Option<(TableFormat, Compression, bool)> {
+    let lower = name.to_ascii_lowercase();
+    let (stem, compression) = [
+        (".gz", Compression::Gzip),
+        (".zst", Compression::Zstd),
+        (".bz2", Compression::Bzip2),
+        (".xz", Compression::Xz),
+    ]
+    .iter()
+    .find_map(|(suffix, compression)| lower.strip_suffix(suffix).map(|stem| (stem, *compression)))
+    .unwrap_or((lower.as_str(), Compression::None));
+    let extension = stem.rsplit_once('.')?.1;
+    let (format, tab) = match extension {
+        "csv" | "txt" => (TableFormat::Csv, false),
+        "tsv" => (TableFormat::Csv, true),
+        "parquet" | "parq" => (TableFormat::Parquet, false),
+        "ndjson" | "jsonl" | "json" => (TableFormat::NdJson, false),
+        _ => return None,
+    };
+    Some((format, compression, tab))
+}
+
+/// How to read CSV files.
+#[derive(Debug, Clone)]
+pub struct CsvDialect {
+    pub header: bool,
+    pub delimiter: Option<u8>,
+    pub quote: u8,
+    pub escape: Option<u8>,
+    /// Values read as NULL.
+    pub null_values: Vec<String>,
+}
+
+impl Default for CsvDialect {
+    fn default() -> Self {
+        Self {
+            header: true,
+            delimiter: None,
+            quote: b'"',
+            escape: None,
+            null_values: Vec::new(),
+        }
+    }
+}
+
+/// Everything needed to register one table.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub name: String,
+    pub location: String,
+    pub format: Option<TableFormat>,
+    pub compression: Option<Compression>,
+    pub csv: CsvDialect,
+    pub partition_columns: Vec<String>,
+    /// An explicit schema; `None` infers one from a bounded sample of each file.
+    pub schema: Option<SchemaRef>,
+    pub infer_rows: usize,
+}
+
+impl TableSpec {
+    /// A table at a location with everything else detected.
+    pub fn at(name: &str, location: &str) -> TableSpec {
+        TableSpec {
+            name: name.to_string(),
+            location: location.to_string(),
+            format: None,
+            compression: None,
+            csv: CsvDialect::default(),
+            partition_columns: Vec::new(),
+            schema: None,
+            infer_rows: DEFAULT_INFER_ROWS,
+        }
+    }
+
+    /// Build a spec from `[tables.NAME]`; errors name the key at fault.
+    pub fn from_section(
+        name: &str,
+        section: &TableSection,
+        infer_rows: usize,
+    ) -> Result<TableSpec> {
+        let key = |field: &str| format!("tables.{name}.{field}");
+        let config_error =
+            |field: &str, message: String| Error::Config(format!("{}: {message}", key(field)));
+        let mut spec = TableSpec::at(name, &section.location);
+        if section.location.trim().is_empty() {
+            return Err(config_error(
+                "location",
+                "must name a file, folder or glob".into(),
+            ));
+        }
+        spec.format = match &section.format {
+            Some(text) => Some(TableFormat::parse(text).map_err(|e| config_error("format", e))?),
+            None => None,
+        };
+        spec.compression = match &section.compression {
+            Some(text) => {
+                Some(Compression::parse(text).map_err(|e| config_error("compression", e))?)
+            }
+            None => None,
+        };
+        if let Some(header) = section.header {
+            spec.csv.header = header;
+        }
+        if let Some(delimiter) = &section.delimiter {
+            spec.csv.delimiter = Some(single_byte(&key("delimiter"), delimiter)?);
+        }
+        if let Some(quote) = &section.quote {
+            spec.csv.quote = single_byte(&key("quote"), quote)?;
+        }
+        if let Some(escape) = &section.escape {
+            spec.csv.escape = Some(single_byte(&key("escape"), escape)?);
+        }
+        spec.csv.null_values = section.null_values.clone().unwrap_or_default();
+        spec.partition_columns = section.partition_columns.clone();
+        spec.schema = section.columns(name)?.as_deref().map(explicit_schema);
+        spec.infer_rows = section.infer_rows.unwrap_or(infer_rows);
+        if spec.infer_rows == 0 {
+            return Err(config_error("infer_rows", "must be at least 1".into()));
+        }
+        Ok(spec)
+    }
+}
+
+/// What was registered for a table: its resolved files (for progress totals and diagnostics).
+#[derive(Debug, Clone)]
+pub struct RegisteredTable {
+    pub spec: TableSpec,
+    pub resolved: ResolvedLocation,
+    pub format: TableFormat,
+    pub schema: SchemaRef,
+    listing_format: Arc<dyn FileFormat>,
+}
+
+impl RegisteredTable {
+    /// Total size of the table's files in bytes.
+    pub fn bytes(&self) -> u64 {
+        storage::total_bytes(&self.resolved.files)
+    }
+
+    /// A listing table over one of this table's files only: used to find which file holds a
+    /// malformed record (DataFusion's CSV errors do not name the file).
+    pub fn single_file_table(&self, file: &ObjectMeta) -> Result<ListingTable> {
+        let url = self.resolved.location.file_url(&file.location)?;
+        let options = ListingOptions::new(self.listing_format.clone()).with_file_extension("");
+        let config = ListingTableConfig::new(url)
+            .with_listing_options(options)
+            .with_schema(self.schema.clone());
+        Ok(ListingTable::try_new(config)?)
+    }
+}
+
+/// Resolve a table's files, settle its format and schema, and register it in `ctx`.
+pub async fn register(
+    ctx: &SessionContext,
+    store: &Arc<dyn ObjectStore>,
+    spec: &TableSpec,
+) -> Result<RegisteredTable> {
+    let in_table = |e: Error| e.context(format!("table `{}`", spec.name));
+    let location = Location::parse(&spec.location).map_err(in_table)?;
+    if !spec.partition_columns.is_empty() && location.pattern.is_some() {
+        return Err(in_table(Error::Usage(format!(
+            "a hive-partitioned table takes its root folder as location, not the glob `{}`",
+            spec.location
+        ))));
+    }
+    let mut resolved = storage::resolve(store, &location).await.map_err(in_table)?;
+    let (format, compression, tab) = settle_format(spec, &resolved).map_err(in_table)?;
+    let extension = data_extension(&resolved, format, compression, tab);
+    if location.is_folder() && location.pattern.is_none() {
+        resolved
+            .files
+            .retain(|meta| has_extension(meta, &extension));
+    }
+    let listing_format = file_format(spec, format, compression, tab)?;
+    let schema = match &spec.schema {
+        Some(schema) => schema.clone(),
+        None => infer_schema(ctx, store, &listing_format, format, &resolved)
+            .await
+            .map_err(in_table)?,
+    };
+    let partition_columns = spec
+        .partition_columns
+        .iter()
+        .map(|name| (name.clone(), DataType::Utf8))
+        .collect();
+    let (urls, listing_extension) = if spec.partition_columns.is_empty() {
+        let urls = resolved
+            .files
+            .iter()
+            .map(|meta| location.file_url(&meta.location))
+            .collect::<Result<Vec<_>>>()?;
+        (urls, String::new())
+    } else {
+        (vec![location.folder_url()?], extension.clone())
+    };
+    let options = ListingOptions::new(listing_format.clone())
+        .with_file_extension(listing_extension)
+        .with_table_partition_cols(partition_columns);
+    let config = ListingTableConfig::new_with_multi_paths(urls)
+        .with_listing_options(options)
+        .with_schema(schema.clone());
+    let table = ListingTable::try_new(config).map_err(|e| in_table(e.into()))?;
+    ctx.register_table(spec.name.as_str(), Arc::new(table))
+        .map_err(|e| in_table(e.into()))?;
+    Ok(RegisteredTable {
+        spec: spec.clone(),
+        resolved,
+        format,
+        schema,
+        listing_format,
+    })
+}
+
+/// The format, compression and tab-delimitedness of a table: as configured, else from the
+/// first file name that tells.
+fn settle_format(
+    spec: &TableSpec,
+    resolved: &ResolvedLocation,
+) -> Result<(TableFormat, Compression, bool)> {
+    let detected = std::iter::once(spec.location.as_str())
+        .chain(resolved.files.iter().map(|meta| meta.location.as_ref()))
+        .find_map(detect_from_name);
+    let format = spec
+        .format
+        .or(detected.map(|(format, _, _)| format))
+        .ok_or_else(|| {
+            Error::Usage(format!(
+                "cannot tell the format of `{}` from its file names: set it with \
+             --table-format {}=csv|parquet|ndjson or `format` in [tables.{}]",
+                spec.location, spec.name, spec.name
+            ))
+        })?;
+    let compression = spec
+        .compression
+        .or(detected.map(|(_, compression, _)| compression))
+        .unwrap_or(Compression::None);
+    if format == TableFormat::Parquet && compression != Compression::None {
+        return Err(Error::Usage(
+            "Parquet files carry their own compression: remove `compression`".into(),
+        ));
+    }
+    let tab = detected.is_some_and(|(_, _, tab)| tab);
+    Ok((format, compression, tab))
+}
+
+/// The file name ending that a folder's data files have: `.csv.gz`, `.parquet`, ...
+fn data_extension(
+    resolved: &ResolvedLocation,
+    format: TableFormat,
+    compression: Compression,
+    tab: bool,
+) -> String {
+    let detected = resolved.files.iter().find_map(|meta| {
+        let name = meta.location.filename()?;
+        let (file_format, file_compression, _) = detect_from_name(name)?;
+        (file_format == format && file_compression == compression).then(|| {
+            let lower = name.to_ascii_lowercase();
+            let dot = lower.find('.').unwrap_or(0);
+            lower[dot..].to_string()
+        })
+    });
+    detected.unwrap_or_else(|| {
+        let base = match (format, tab) {
+            (TableFormat::Csv, true) => ".tsv",
+            (TableFormat::Csv, false) => ".csv",
+            (TableFormat::Parquet, _) => ".parquet",
+            (TableFormat::NdJson, _) => ".json",
+        };
+        let suffix = match compression {
+            Compression::None => "",
+            Compression::Gzip => ".gz",
+            Compression::Zstd => ".zst",
+            Compression::Bzip2 => ".bz2",
+            Compression::Xz => ".xz",
+        };
+        format!("{base}{suffix}")
+    })
+}
+
+fn has_extension(meta: &ObjectMeta, extension: &str) -> bool {
+    meta.location
+        .filename()
+        .is_some_and(|name| name.to_ascii_lowercase().ends_with(extension))
+}
+
+/// DataFusion's reader for the format, set up from the spec.
+fn file_format(
+    spec: &TableSpec,
+    format: TableFormat,
+    compression: Compression,
+    tab: bool,
+) -> Result<Arc<dyn FileFormat>> {
+    Ok(match format {
+        TableFormat::Csv => {
+            let delimiter = spec.csv.delimiter.unwrap_or(if tab { b'\t' } else { b',' });
+            let format = CsvFormat::default()
+                .with_has_header(spec.csv.header)
+                .with_delimiter(delimiter)
+                .with_quote(spec.csv.quote)
+                .with_escape(spec.csv.escape)
+                .with_null_regex(null_regex(&spec.csv.null_values))
+                .with_schema_infer_max_rec(spec.infer_rows)
+                .with_file_compression_type(compression.file_type());
+            Arc::new(format)
+        }
+        TableFormat::Parquet => Arc::new(ParquetFormat::default()),
+        TableFormat::NdJson => Arc::new(
+            JsonFormat::default()
+                .with_schema_infer_max_rec(spec.infer_rows)
+                .with_file_compression_type(compression.file_type()),
+        ),
+    })
+}
+
+/// One anchored regex matching exactly the configured NULL strings.
+fn null_regex(values: &[String]) -> Option<String> {
+    if values.is_empty() {
+        return None;
+    }
+    let alternatives: Vec<String> = values.iter().map(|value| escape_regex(value)).collect();
+    Some(format!("^(?:{})$", alternatives.join("|")))
+}
+
+fn escape_regex(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if "\\.+*?()|[]{}^$#&-~".contains(c) {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+/// The Arrow schema for an explicit column list. Columns are nullable: files may hold NULLs.
+pub fn explicit_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(name, column_type)| Field::new(name, arrow_type(*column_type), true))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn arrow_type(column_type: ColumnType) -> DataType {
+    match column_type {
+        ColumnType::String => DataType::Utf8,
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Int32 => DataType::Int32,
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Decimal { precision, scale } => DataType::Decimal128(precision, scale),
+        ColumnType::Date => DataType::Date32,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
+    }
+}
+
+/// Infer each file's schema from a bounded sample and check that they agree; the result is
+/// their common schema (numbers widened where files differ only in int vs float).
+async fn infer_schema(
+    ctx: &SessionContext,
+    store: &Arc<dyn ObjectStore>,
+    format: &Arc<dyn FileFormat>,
+    table_format: TableFormat,
+    resolved: &ResolvedLocation,
+) -> Result<SchemaRef> {
+    let state = ctx.state();
+    let schemas: Vec<(String, SchemaRef)> = futures::stream::iter(resolved.files.iter())
+        .map(|meta| {
+            let state = &state;
+            async move {
+                let schema = format
+                    .infer_schema(state, store, std::slice::from_ref(meta))
+                    .await
+                    .map_err(|e| Error::from(e).context(format!("file `{}`", meta.location)))?;
+                Ok::<_, Error>((meta.location.to_string(), schema))
+            }
+        })
+        .buffered(SCHEMA_CHECK_CONCURRENCY)
+        .try_collect()
+        .await?;
+    let ordered = table_format == TableFormat::Csv;
+    let mut merged = schemas[0].1.clone();
+    for (path, schema) in &schemas[1..] {
+        merged = merge_schemas(&schemas[0].0, &merged, path, schema, ordered)?;
+    }
+    Ok(merged)
+}
+
+/// Merge the schema of `other_file` into the schema so far (first seen in `first_file`).
+/// `ordered`: columns are matched by position (CSV), not only by name.
+fn merge_schemas(
+    first_file: &str,
+    merged: &SchemaRef,
+    other_file: &str,
+    other: &SchemaRef,
+    ordered: bool,
+) -> Result<SchemaRef> {
+    let disagree = |message: String| {
+        Error::Input(format!(
+            "files `{first_file}` and `{other_file}` disagree: {message}; \
+             give the table an explicit schema or fix the files"
+        ))
+    };
+    let names = |schema: &SchemaRef| -> Vec<String> {
+        schema.fields().iter().map(|f| f.name().clone()).collect()
+    };
+    if ordered && names(merged) != names(other) {
+        let position = names(merged)
+            .iter()
+            .zip(names(other))
+            .position(|(a, b)| *a != b)
+            .unwrap_or(merged.fields().len().min(other.fields().len()));
+        let column = |schema: &SchemaRef| {
+            schema
+                .fields()
+                .get(position)
+                .map(|f| format!("`{}`", f.name()))
+                .unwrap_or_else(|| "no column".into())
+        };
+        return Err(disagree(format!(
+            "column {} is {} in the first and {} in the second",
+            position + 1,
+            column(merged),
+            column(other)
+        )));
+    }
+    let mut fields = Vec::with_capacity(merged.fields().len());
+    for field in merged.fields() {
+        let Ok(other_field) = other.field_with_name(field.name()) else {
+            return Err(disagree(format!(
+                "column `{}` is missing from the second",
+                field.name()
+            )));
+        };
+        let data_type =
+            common_type(field.data_type(), other_field.data_type()).ok_or_else(|| {
+                disagree(format!(
+                    "column `{}` is {} in the first and {} in the second",
+                    field.name(),
+                    field.data_type(),
+                    other_field.data_type()
+                ))
+            })?;
+        fields.push(Field::new(field.name(), data_type, true));
+    }
+    if let Some(extra) = other
+        .fields()
+        .iter()
+        .find(|f| merged.field_with_name(f.name()).is_err())
+    {
+        return Err(disagree(format!(
+            "column `{}` is missing from the first",
+            extra.name()
+        )));
+    }
+    Ok(Arc::new(Schema::new(fields)))
+}
+
+/// The type both files' values fit in, if the difference is only one of sampling.
+fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
+    use DataType::*;
+    match (a, b) {
+        _ if a == b => Some(a.clone()),
+        (Null, other) | (other, Null) => Some(other.clone()),
+        (Int64, Float64) | (Float64, Int64) => Some(Float64),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_tell_format_and_compression() {
+        assert_eq!(
+            detect_from_name("a.csv.gz"),
+            Some((TableFormat::Csv, Compression::Gzip, false))
+        );
+        assert_eq!(
+            detect_from_name("a.tsv"),
+            Some((TableFormat::Csv, Compression::None, true))
+        );
+        assert_eq!(
+            detect_from_name("x.PARQUET"),
+            Some((TableFormat::Parquet, Compression::None, false))
+        );
+        assert_eq!(
+            detect_from_name("e.jsonl.zst"),
+            Some((TableFormat::NdJson, Compression::Zstd, false))
+        );
+        assert_eq!(detect_from_name("README"), None);
+    }
+
+    #[test]
+    fn null_values_become_one_anchored_regex() {
+        assert_eq!(
+            null_regex(&["".into(), "N/A".into()]).unwrap(),
+            "^(?:|N/A)$"
+        );
+        assert_eq!(null_regex(&["a.b".into()]).unwrap(), "^(?:a\\.b)$");
+    }
+
+    #[test]
+    fn disagreeing_files_name_both_files_and_the_column() {
+        let a: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, true)]));
+        let b: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Utf8, true)]));
+        let error = merge_schemas("a.csv", &a, "b.csv", &b, true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("a.csv") && error.contains("b.csv") && error.contains("`x`"),
+            "{error}"
+        );
+        let c: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, true)]));
+        let merged = merge_schemas("a.csv", &a, "c.csv", &c, true).unwrap();
+        assert_eq!(merged.field(0).data_type(), &DataType::Float64);
+    }
+}

@@ -1,0 +1,349 @@
+//! The `spillway.toml` model and the values it holds.
+//!
+//! Owns: finding and parsing the config file, rejecting unknown keys (the message names the key
+//! and its line), and the small value languages used in it and on the command line: sizes
+//! (`4GiB`, `60%`), column types (`decimal(12,2)`), table formats and compressions. Must not touch
+//! DataFusion: the catalog and the engine turn these plain values into DataFusion objects.
+//!
+//! Precedence is flags > `SPILLWAY_*` environment variables > the file > defaults; the first two
+//! are merged by the command line layer (clap reads the variables), this module only reads the file.
+
+use crate::error::{Error, Result};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The name of the config file looked for in the current directory.
+pub const DEFAULT_CONFIG_FILE: &str = "spillway.toml";
+
+/// The whole config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub engine: EngineSection,
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableSection>,
+}
+
+/// `[engine]`: memory, spilling and parallelism.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSection {
+    /// `4GiB`, `512MiB` or a share of the machine's memory such as `60%`.
+    pub memory_limit: Option<String>,
+    pub spill_dir: Option<PathBuf>,
+    /// Cap on the disk space spill files may take, e.g. `100GiB`.
+    pub max_spill: Option<String>,
+    pub workers: Option<usize>,
+    pub batch_size: Option<usize>,
+    /// `zstd`, `lz4_frame` or `uncompressed`.
+    pub spill_compression: Option<String>,
+    /// Rows read per file to infer a schema when a table has none.
+    pub infer_rows: Option<usize>,
+}
+
+/// `[tables.NAME]`: where a table's files are and how to read them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableSection {
+    /// A file, a folder or a glob.
+    pub location: String,
+    /// `csv`, `parquet` or `ndjson`; by default from the files' extension.
+    pub format: Option<String>,
+    pub header: Option<bool>,
+    pub delimiter: Option<String>,
+    pub quote: Option<String>,
+    pub escape: Option<String>,
+    /// Strings read as NULL in CSV, e.g. `["", "NA"]`.
+    pub null_values: Option<Vec<String>>,
+    /// `gzip`, `zstd`, `bzip2`, `xz` or `none`; by default from the files' extension.
+    pub compression: Option<String>,
+    /// Hive-style partition folders (`year=2024/month=01/`), outermost first.
+    #[serde(default)]
+    pub partition_columns: Vec<String>,
+    /// Column name = type, in file order.
+    pub schema: Option<toml::Table>,
+    /// Rows read per file to infer the schema (overrides `[engine] infer_rows`).
+    pub infer_rows: Option<usize>,
+}
+
+impl ConfigFile {
+    /// Load the config: the explicit path if one was given (it must exist), else
+    /// `./spillway.toml` if present, else defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<ConfigFile> {
+        match explicit {
+            Some(path) => Self::read(path),
+            None => {
+                let default = Path::new(DEFAULT_CONFIG_FILE);
+                if default.is_file() {
+                    Self::read(default)
+                } else {
+                    Ok(ConfigFile::default())
+                }
+            }
+        }
+    }
+
+    fn read(path: &Path) -> Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        Self::parse(&text).map_err(|e| e.context(path.display()))
+    }
+
+    /// Parse config text; errors name the key and its line.
+    pub fn parse(text: &str) -> Result<ConfigFile> {
+        toml::from_str(text).map_err(|e| Error::Config(describe_toml_error(&e)))
+    }
+}
+
+fn describe_toml_error(error: &toml::de::Error) -> String {
+    let message = crate::error::one_line(error.message());
+    match error.span() {
+        Some(span) => format!("{message} (at byte {})", span.start),
+        None => message,
+    }
+}
+
+/// A memory limit as written by the user.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MemoryLimit {
+    Bytes(u64),
+    /// A share of the machine's (or the cgroup's) memory, in (0, 1].
+    Fraction(f64),
+}
+
+impl MemoryLimit {
+    /// Parse `4GiB`, `512MiB`, `1000000` or `60%`.
+    pub fn parse(text: &str) -> std::result::Result<MemoryLimit, String> {
+        let trimmed = text.trim();
+        if let Some(percent) = trimmed.strip_suffix('%') {
+            let value: f64 = percent
+                .trim()
+                .parse()
+                .map_err(|_| format!("`{text}` is not a percentage such as `60%`"))?;
+            if !(value > 0.0 && value <= 100.0) {
+                return Err(format!(
+                    "`{text}`: a percentage must be above 0% and at most 100%"
+                ));
+            }
+            return Ok(MemoryLimit::Fraction(value / 100.0));
+        }
+        parse_size(trimmed).map(MemoryLimit::Bytes)
+    }
+
+    /// The limit in bytes on a machine with `total_memory` bytes available.
+    pub fn resolve(self, total_memory: u64) -> u64 {
+        match self {
+            MemoryLimit::Bytes(bytes) => bytes,
+            MemoryLimit::Fraction(share) => (total_memory as f64 * share) as u64,
+        }
+    }
+}
+
+/// Parse a size such as `4GiB`, `512 MiB`, `2G`, `10MB` or `1048576`.
+///
+/// Binary units (`KiB`, `MiB`, `GiB`, `TiB`, and the bare `K`, `M`, `G`, `T`) are powers of 1024;
+/// `KB`, `MB`, `GB`, `TB` are powers of 1000, as their standards say.
+pub fn parse_size(text: &str) -> std::result::Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let bad = || format!("`{text}` is not a size such as `512MiB`, `4GiB` or `1000000`");
+    let value: f64 = number.parse().map_err(|_| bad())?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad()),
+    };
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("`{text}` is not a positive size"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A column type in an explicit table schema.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Bool,
+    Int32,
+    Int64,
+    Float64,
+    Decimal { precision: u8, scale: i8 },
+    Date,
+    Timestamp,
+}
+
+/// The type names accepted in a schema, for error messages.
+pub const COLUMN_TYPE_NAMES: &str =
+    "string, bool, int32, int64, float64, decimal(p,s), date, timestamp";
+
+impl ColumnType {
+    /// Parse a type name (case-insensitive, common SQL aliases accepted).
+    pub fn parse(text: &str) -> std::result::Result<ColumnType, String> {
+        let lower = text.trim().to_ascii_lowercase();
+        let simple = match lower.as_str() {
+            "string" | "utf8" | "text" | "varchar" => Some(ColumnType::String),
+            "bool" | "boolean" => Some(ColumnType::Bool),
+            "int32" | "int" | "integer" => Some(ColumnType::Int32),
+            "int64" | "bigint" | "long" => Some(ColumnType::Int64),
+            "float64" | "double" | "float" => Some(ColumnType::Float64),
+            "date" | "date32" => Some(ColumnType::Date),
+            "timestamp" => Some(ColumnType::Timestamp),
+            _ => None,
+        };
+        if let Some(column_type) = simple {
+            return Ok(column_type);
+        }
+        parse_decimal(&lower)
+            .ok_or_else(|| format!("unknown type `{text}` (expected one of {COLUMN_TYPE_NAMES})"))
+    }
+}
+
+fn parse_decimal(lower: &str) -> Option<ColumnType> {
+    let inner = lower
+        .strip_prefix("decimal(")
+        .or_else(|| lower.strip_prefix("numeric("))?
+        .strip_suffix(')')?;
+    let (precision, scale) = inner.split_once(',')?;
+    let precision: u8 = precision.trim().parse().ok()?;
+    let scale: i8 = scale.trim().parse().ok()?;
+    let valid = (1..=38).contains(&precision) && scale >= 0 && (scale as u8) <= precision;
+    valid.then_some(ColumnType::Decimal { precision, scale })
+}
+
+impl TableSection {
+    /// The explicit schema as (column, type) pairs in file order, validated.
+    pub fn columns(&self, table: &str) -> Result<Option<Vec<(String, ColumnType)>>> {
+        let Some(schema) = &self.schema else {
+            return Ok(None);
+        };
+        let mut columns = Vec::with_capacity(schema.len());
+        for (name, value) in schema {
+            let type_name = value.as_str().ok_or_else(|| {
+                Error::Config(format!(
+                    "tables.{table}.schema.{name}: expected a type name string such as \"int64\""
+                ))
+            })?;
+            let column_type = ColumnType::parse(type_name)
+                .map_err(|e| Error::Config(format!("tables.{table}.schema.{name}: {e}")))?;
+            columns.push((name.clone(), column_type));
+        }
+        if columns.is_empty() {
+            return Err(Error::Config(format!("tables.{table}.schema is empty")));
+        }
+        Ok(Some(columns))
+    }
+}
+
+/// Read one byte from a one-character config or flag value (`delimiter = "|"`, `"\t"`).
+pub fn single_byte(key: &str, value: &str) -> Result<u8> {
+    let unescaped = match value {
+        "\\t" | "tab" => "\t",
+        other => other,
+    };
+    match unescaped.as_bytes() {
+        [byte] => Ok(*byte),
+        _ => Err(Error::Config(format!(
+            "{key}: expected one ASCII character, got `{value}`"
+        ))),
+    }
+}
+
+/// Total memory this process may use: the smaller of physical memory and a cgroup limit.
+pub fn available_memory() -> u64 {
+    let physical = read_meminfo_total().unwrap_or(8 << 30);
+    match read_cgroup_limit() {
+        Some(limit) if limit < physical => limit,
+        _ => physical,
+    }
+}
+
+fn read_meminfo_total() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|line| line.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn read_cgroup_limit() -> Option<u64> {
+    [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<u64>().ok())
+    .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_use_binary_and_decimal_units_as_written() {
+        assert_eq!(parse_size("4GiB"), Ok(4 * 1024 * 1024 * 1024));
+        assert_eq!(parse_size("512 MiB"), Ok(512 * 1024 * 1024));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("10MB"), Ok(10_000_000));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("4 parsecs").is_err());
+        assert!(parse_size("").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn memory_limit_accepts_a_share_of_the_machine() {
+        assert_eq!(MemoryLimit::parse("50%"), Ok(MemoryLimit::Fraction(0.5)));
+        assert_eq!(MemoryLimit::parse("50%").unwrap().resolve(1000), 500);
+        assert!(MemoryLimit::parse("150%").is_err());
+        assert_eq!(MemoryLimit::parse("1GiB"), Ok(MemoryLimit::Bytes(1 << 30)));
+    }
+
+    #[test]
+    fn column_types_parse_with_aliases_and_decimal_bounds() {
+        assert_eq!(ColumnType::parse("STRING"), Ok(ColumnType::String));
+        assert_eq!(ColumnType::parse("bigint"), Ok(ColumnType::Int64));
+        assert_eq!(
+            ColumnType::parse("decimal(12, 2)"),
+            Ok(ColumnType::Decimal {
+                precision: 12,
+                scale: 2
+            })
+        );
+        assert!(ColumnType::parse("decimal(2,5)").is_err());
+        assert!(ColumnType::parse("blob").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_that_name_the_key() {
+        let error = ConfigFile::parse("[engine]\nmemroy_limit = \"1GiB\"\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("memroy_limit"), "{text}");
+        assert_eq!(error.exit_code(), crate::error::exit_code::CONFIG);
+    }
+
+    #[test]
+    fn schemas_keep_file_order() {
+        let config = ConfigFile::parse(
+            "[tables.t]\nlocation = \"x.csv\"\nschema = { zeta = \"int64\", alpha = \"string\" }\n",
+        )
+        .unwrap();
+        let columns = config.tables["t"].columns("t").unwrap().unwrap();
+        let names: Vec<_> = columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["zeta", "alpha"]);
+    }
+}

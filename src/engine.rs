@@ -1,0 +1,342 @@
+//! The one place a DataFusion `SessionContext` is made.
+//!
+//! [`Engine`] owns the memory pool (a `FairSpillPool` under a `TrackConsumersPool`, so a failed
+//! allocation names the top consumers, wrapped in [`PeakPool`] to record the high-water mark),
+//! the disk manager (spill folder and cap), parallelism, batch size and spill compression, the
+//! object stores (counted, see `storage`) and the registered tables. It turns SQL text into
+//! statements and statements into running, streaming plans. It must not know about output
+//! formats: callers pull `RecordBatch`es from [`RunningQuery::stream`].
+
+use crate::catalog::{self, RegisteredTable, TableSpec};
+use crate::error::{Error, Result};
+use crate::storage::{self, StoreCounters};
+use datafusion::common::config::SpillCompression;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::{
+    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
+};
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParser, Statement};
+use object_store::ObjectStore;
+use std::fmt;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// The default memory limit: this share of the machine's (or cgroup's) memory. The rest is
+/// headroom for what DataFusion does not track (decoding buffers, hash tables' slack, the
+/// allocator's own overhead), which measurements show can rival the tracked part.
+pub const DEFAULT_MEMORY_FRACTION: f64 = 0.5;
+
+/// Rows per batch. DataFusion's default; smaller batches cost throughput, larger ones memory.
+pub const DEFAULT_BATCH_SIZE: usize = 8192;
+
+/// How many memory consumers an exhausted-memory error names.
+const TOP_CONSUMERS: usize = 5;
+
+/// Resolved engine settings (flags > env > config file > defaults, already merged).
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    pub memory_limit: u64,
+    pub spill_dir: Option<PathBuf>,
+    pub max_spill: Option<u64>,
+    pub workers: usize,
+    pub batch_size: usize,
+    pub spill_compression: SpillCompression,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        let memory = crate::config::available_memory();
+        Self {
+            memory_limit: (memory as f64 * DEFAULT_MEMORY_FRACTION) as u64,
+            spill_dir: None,
+            max_spill: None,
+            workers: default_workers(),
+            batch_size: DEFAULT_BATCH_SIZE,
+            // lz4 costs little CPU and still shrinks spilled claims data several times over;
+            // zstd shrinks more but its CPU cost shows on a 2-core machine.
+            spill_compression: SpillCompression::Lz4Frame,
+        }
+    }
+}
+
+/// All cores this process may use.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(NonZeroUsize::get)
+        .unwrap_or(1)
+}
+
+/// A memory pool that remembers the most it ever had reserved.
+#[derive(Debug)]
+pub struct PeakPool {
+    inner: TrackConsumersPool<FairSpillPool>,
+    peak: AtomicUsize,
+}
+
+impl PeakPool {
+    fn new(limit: usize) -> Self {
+        let top = NonZeroUsize::new(TOP_CONSUMERS).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            inner: TrackConsumersPool::new(FairSpillPool::new(limit), top),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// The most memory reserved at once so far, in bytes.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Forget the high-water mark (between statements).
+    pub fn reset_peak(&self) {
+        self.peak.store(self.inner.reserved(), Ordering::Relaxed);
+    }
+
+    fn note(&self) {
+        self.peak
+            .fetch_max(self.inner.reserved(), Ordering::Relaxed);
+    }
+}
+
+impl fmt::Display for PeakPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.inner)
+    }
+}
+
+impl MemoryPool for PeakPool {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.inner.register(consumer)
+    }
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.inner.unregister(consumer)
+    }
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.inner.grow(reservation, additional);
+        self.note();
+    }
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.inner.shrink(reservation, shrink)
+    }
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::error::Result<()> {
+        self.inner.try_grow(reservation, additional)?;
+        self.note();
+        Ok(())
+    }
+    fn reserved(&self) -> usize {
+        self.inner.reserved()
+    }
+    fn memory_limit(&self) -> MemoryLimit {
+        self.inner.memory_limit()
+    }
+}
+
+/// A configured DataFusion session with Spillway's tables registered.
+pub struct Engine {
+    ctx: SessionContext,
+    pool: Arc<PeakPool>,
+    counters: Arc<StoreCounters>,
+    local_store: Arc<dyn ObjectStore>,
+    tables: Vec<RegisteredTable>,
+    options: EngineOptions,
+}
+
+/// A statement that is executing: its plan (for metrics) and the stream of its results.
+pub struct RunningQuery {
+    pub plan: Arc<dyn ExecutionPlan>,
+    pub stream: SendableRecordBatchStream,
+}
+
+impl Engine {
+    /// Build the session: memory pool, disk manager, parallelism, stores.
+    pub fn new(options: EngineOptions) -> Result<Engine> {
+        let limit = usize::try_from(options.memory_limit).unwrap_or(usize::MAX);
+        let pool = Arc::new(PeakPool::new(limit));
+        let mut disk = DiskManagerBuilder::default();
+        if let Some(dir) = &options.spill_dir {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::Usage(format!(
+                    "--spill-dir {}: cannot create it: {e}",
+                    dir.display()
+                ))
+            })?;
+            disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
+        }
+        if let Some(max_spill) = options.max_spill {
+            disk = disk.with_max_temp_directory_size(max_spill);
+        }
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_pool(pool.clone())
+            .with_disk_manager_builder(disk)
+            .build_arc()?;
+        let counters = Arc::new(StoreCounters::default());
+        let local_store = storage::local_store(counters.clone());
+        let file_url = url::Url::parse("file://").map_err(|e| Error::Internal(e.to_string()))?;
+        runtime.register_object_store(&file_url, local_store.clone());
+        let ctx = SessionContext::new_with_config_rt(session_config(&options), runtime);
+        Ok(Engine {
+            ctx,
+            pool,
+            counters,
+            local_store,
+            tables: Vec::new(),
+            options,
+        })
+    }
+
+    /// The settings this engine was built with.
+    pub fn options(&self) -> &EngineOptions {
+        &self.options
+    }
+
+    /// The DataFusion session (for callers that need to plan directly, e.g. the server).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// The memory pool, for peak usage.
+    pub fn pool(&self) -> &PeakPool {
+        &self.pool
+    }
+
+    /// Request and byte counters of every store.
+    pub fn counters(&self) -> &Arc<StoreCounters> {
+        &self.counters
+    }
+
+    /// The tables registered so far.
+    pub fn tables(&self) -> &[RegisteredTable] {
+        &self.tables
+    }
+
+    /// Bytes currently held in spill files.
+    pub fn spill_bytes_on_disk(&self) -> u64 {
+        self.ctx
+            .runtime_env()
+            .disk_manager
+            .spilling_progress()
+            .current_bytes
+    }
+
+    /// Register a table; errors name the table.
+    pub async fn register_table(&mut self, spec: &TableSpec) -> Result<()> {
+        let store = self.store_for(&spec.location);
+        let registered = catalog::register(&self.ctx, &store, spec).await?;
+        self.tables.retain(|table| table.spec.name != spec.name);
+        self.tables.push(registered);
+        Ok(())
+    }
+
+    fn store_for(&self, _location: &str) -> Arc<dyn ObjectStore> {
+        self.local_store.clone()
+    }
+
+    /// Split SQL text into statements (errors carry the line and column).
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        let statements = DFParser::parse_sql(sql)
+            .map_err(|e| Error::Query(crate::error::one_line(&e.to_string())))?;
+        if statements.is_empty() {
+            return Err(Error::Usage("no SQL statement given".into()));
+        }
+        Ok(statements.into_iter().collect())
+    }
+
+    /// Plan one statement.
+    pub async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
+        Ok(self.ctx.state().statement_to_plan(statement).await?)
+    }
+
+    /// Whether a planned statement returns rows (a query) rather than changing the session.
+    pub fn returns_rows(plan: &LogicalPlan) -> bool {
+        !matches!(plan, LogicalPlan::Statement(_) | LogicalPlan::Ddl(_))
+    }
+
+    /// Start executing a planned statement; results stream out of the returned query.
+    pub async fn execute(&self, plan: LogicalPlan) -> Result<RunningQuery> {
+        self.pool.reset_peak();
+        let frame = self.ctx.execute_logical_plan(plan).await?;
+        let physical = frame.create_physical_plan().await?;
+        let stream = execute_stream(physical.clone(), self.ctx.task_ctx())?;
+        Ok(RunningQuery {
+            plan: physical,
+            stream,
+        })
+    }
+
+    /// After a bad-data failure, find the first file that fails to read on its own, and
+    /// return the error naming it. Each file is read whole in one partition, so the record
+    /// numbers in the message count from the start of that file. `None` if every file reads.
+    pub async fn find_bad_file(&self) -> Option<Error> {
+        let mut config = session_config(&self.options).with_target_partitions(1);
+        config.options_mut().optimizer.repartition_file_scans = false;
+        let probe = SessionContext::new_with_config_rt(config, self.ctx.runtime_env());
+        for table in &self.tables {
+            for file in &table.resolved.files {
+                let Ok(single) = table.single_file_table(file) else {
+                    continue;
+                };
+                let _ = probe.deregister_table("probe");
+                if probe.register_table("probe", Arc::new(single)).is_err() {
+                    continue;
+                }
+                if let Err(error) = read_all(&probe).await {
+                    return Some(error.context(format!(
+                        "table `{}`, file `{}`",
+                        table.spec.name, file.location
+                    )));
+                }
+            }
+        }
+        None
+    }
+}
+
+async fn read_all(ctx: &SessionContext) -> Result<()> {
+    use futures::StreamExt;
+    let mut stream = ctx.table("probe").await?.execute_stream().await?;
+    while let Some(batch) = stream.next().await {
+        batch?;
+    }
+    Ok(())
+}
+
+/// Session settings from the engine options.
+fn session_config(options: &EngineOptions) -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_target_partitions(options.workers.max(1))
+        .with_batch_size(options.batch_size.max(1))
+        .with_information_schema(true);
+    let execution = &mut config.options_mut().execution;
+    execution.spill_compression = options.spill_compression;
+    // Sorts keep this much back for merging their spill files; DataFusion's 10 MiB per
+    // partition starves small limits, so scale it with the limit.
+    let per_partition = options.memory_limit / (8 * options.workers.max(1) as u64);
+    execution.sort_spill_reservation_bytes = per_partition.clamp(1 << 20, 10 << 20) as usize;
+    config
+}
+
+/// Parse a spill compression name.
+pub fn parse_spill_compression(text: &str) -> std::result::Result<SpillCompression, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "zstd" => Ok(SpillCompression::Zstd),
+        "lz4" | "lz4_frame" => Ok(SpillCompression::Lz4Frame),
+        "none" | "uncompressed" => Ok(SpillCompression::Uncompressed),
+        other => Err(format!(
+            "unknown spill compression `{other}` (expected zstd, lz4_frame or uncompressed)"
+        )),
+    }
+}

@@ -1,0 +1,245 @@
+//! Errors at Spillway's boundary with the user.
+//!
+//! Every failure a user can cause or meet ends up as one [`Error`] variant whose message names the
+//! file, column, table, flag or config key at fault, and whose [`Error::exit_code`] tells scripts
+//! which class of failure it was. DataFusion's errors are classified here, in one place, so that
+//! every entry point (query, report, server) maps them the same way. This module must not hide the
+//! cause: the original message is always kept in the text.
+
+use datafusion::error::DataFusionError;
+use std::fmt;
+
+/// Exit codes: part of Spillway's interface, documented in `--help` and the README.
+pub mod exit_code {
+    /// A bug or an unexpected failure inside Spillway.
+    pub const INTERNAL: u8 = 1;
+    /// Bad command-line usage: unknown flag, bad flag value (clap uses 2 as well).
+    pub const USAGE: u8 = 2;
+    /// The config file (or a `SPILLWAY_*` variable) has an unknown key or a bad value.
+    pub const CONFIG: u8 = 3;
+    /// The SQL is wrong: syntax error, unknown table, unknown column, type error.
+    pub const QUERY: u8 = 4;
+    /// The input data is wrong: no file matches, unreadable file, malformed record, schemas disagree.
+    pub const INPUT: u8 = 5;
+    /// The output cannot be written.
+    pub const OUTPUT: u8 = 6;
+    /// The memory limit or the spill cap was too small for the query.
+    pub const RESOURCES: u8 = 7;
+    /// An object store or the network failed.
+    pub const STORAGE: u8 = 8;
+    /// Cancelled by Ctrl-C or SIGTERM.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// The help text that lists the exit codes (shown in `--help`).
+pub const EXIT_CODES_HELP: &str = "\
+Exit codes:
+  0    success
+  1    internal error
+  2    usage: bad flag or flag value
+  3    config: bad key or value in spillway.toml or SPILLWAY_* variables
+  4    query: SQL syntax error, unknown table or column
+  5    input data: no file matches, unreadable file, malformed record, schemas disagree
+  6    output cannot be written
+  7    resources exhausted: memory limit or spill cap too small for the query
+  8    storage or network failure
+  130  interrupted (Ctrl-C or SIGTERM)";
+
+/// A failure, classified by who can fix it.
+#[derive(Debug)]
+pub enum Error {
+    Usage(String),
+    Config(String),
+    Query(String),
+    Input(String),
+    Output(String),
+    ResourcesExhausted(String),
+    Storage(String),
+    Interrupted,
+    Internal(String),
+}
+
+/// Spillway's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Usage(_) => exit_code::USAGE,
+            Error::Config(_) => exit_code::CONFIG,
+            Error::Query(_) => exit_code::QUERY,
+            Error::Input(_) => exit_code::INPUT,
+            Error::Output(_) => exit_code::OUTPUT,
+            Error::ResourcesExhausted(_) => exit_code::RESOURCES,
+            Error::Storage(_) => exit_code::STORAGE,
+            Error::Interrupted => exit_code::INTERRUPTED,
+            Error::Internal(_) => exit_code::INTERNAL,
+        }
+    }
+
+    /// Whether this error means the data (not the SQL or the machine) is at fault, so that it is
+    /// worth finding which file holds the bad record.
+    pub fn is_input(&self) -> bool {
+        matches!(self, Error::Input(_))
+    }
+
+    /// Prefix the message with where it happened (a table, a file, a statement).
+    pub fn context(self, context: impl fmt::Display) -> Error {
+        let wrap = |message: String| format!("{context}: {message}");
+        match self {
+            Error::Usage(m) => Error::Usage(wrap(m)),
+            Error::Config(m) => Error::Config(wrap(m)),
+            Error::Query(m) => Error::Query(wrap(m)),
+            Error::Input(m) => Error::Input(wrap(m)),
+            Error::Output(m) => Error::Output(wrap(m)),
+            Error::ResourcesExhausted(m) => Error::ResourcesExhausted(wrap(m)),
+            Error::Storage(m) => Error::Storage(wrap(m)),
+            Error::Interrupted => Error::Interrupted,
+            Error::Internal(m) => Error::Internal(wrap(m)),
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Usage(m) => write!(f, "{m}"),
+            Error::Config(m) => write!(f, "config: {m}"),
+            Error::Query(m) => write!(f, "query: {m}"),
+            Error::Input(m) => write!(f, "input data: {m}"),
+            Error::Output(m) => write!(f, "output: {m}"),
+            Error::ResourcesExhausted(m) => write!(f, "resources exhausted: {m}"),
+            Error::Storage(m) => write!(f, "storage: {m}"),
+            Error::Interrupted => write!(f, "interrupted"),
+            Error::Internal(m) => write!(f, "internal error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Advice appended to a resources-exhausted error: what the user can change.
+const RESOURCES_ADVICE: &str = "raise --memory-limit, lower --workers or --batch-size, \
+     or give --spill-dir / --max-spill more room";
+
+impl From<DataFusionError> for Error {
+    fn from(error: DataFusionError) -> Self {
+        classify(&error)
+    }
+}
+
+/// Map a DataFusion error (however deeply wrapped) to the class a user acts on.
+fn classify(error: &DataFusionError) -> Error {
+    let message = one_line(&error.message());
+    match error.find_root() {
+        DataFusionError::ResourcesExhausted(_) => {
+            Error::ResourcesExhausted(format!("{message}; {RESOURCES_ADVICE}"))
+        }
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::NotImplemented(_)
+        | DataFusionError::Diagnostic(..) => Error::Query(message),
+        DataFusionError::Configuration(_) => Error::Usage(message),
+        DataFusionError::ArrowError(..)
+        | DataFusionError::ParquetError(_)
+        | DataFusionError::IoError(_) => {
+            if is_disk_full(&message) {
+                Error::ResourcesExhausted(format!("{message}; {RESOURCES_ADVICE}"))
+            } else {
+                Error::Input(message)
+            }
+        }
+        DataFusionError::ObjectStore(store_error) => classify_object_store(store_error, message),
+        DataFusionError::External(inner) => match inner.downcast_ref::<Error>() {
+            Some(ours) => ours.clone_shallow(),
+            None => Error::Internal(message),
+        },
+        DataFusionError::Execution(text) if text.contains("No space left") => {
+            Error::ResourcesExhausted(format!("{message}; {RESOURCES_ADVICE}"))
+        }
+        DataFusionError::Execution(text) if looks_like_bad_data(text) => Error::Input(message),
+        _ => Error::Internal(message),
+    }
+}
+
+fn classify_object_store(error: &object_store::Error, message: String) -> Error {
+    match error {
+        object_store::Error::NotFound { .. } | object_store::Error::InvalidPath { .. } => {
+            Error::Input(message)
+        }
+        object_store::Error::Generic { store, .. } if *store == "LocalFileSystem" => {
+            Error::Input(message)
+        }
+        _ => Error::Storage(message),
+    }
+}
+
+fn is_disk_full(message: &str) -> bool {
+    message.contains("No space left") || message.contains("max_temp_directory_size")
+}
+
+fn looks_like_bad_data(text: &str) -> bool {
+    ["parsing", "CSV", "Csv", "csv", "JSON", "Json", "record"]
+        .iter()
+        .any(|needle| text.contains(needle))
+}
+
+impl Error {
+    /// A copy of this error (errors crossing DataFusion's boundary come back behind an `Arc`).
+    fn clone_shallow(&self) -> Error {
+        match self {
+            Error::Usage(m) => Error::Usage(m.clone()),
+            Error::Config(m) => Error::Config(m.clone()),
+            Error::Query(m) => Error::Query(m.clone()),
+            Error::Input(m) => Error::Input(m.clone()),
+            Error::Output(m) => Error::Output(m.clone()),
+            Error::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
+            Error::Storage(m) => Error::Storage(m.clone()),
+            Error::Interrupted => Error::Interrupted,
+            Error::Internal(m) => Error::Internal(m.clone()),
+        }
+    }
+}
+
+/// Error messages are printed on one line: fold DataFusion's multi-line texts and drop the
+/// noise it adds around the root cause.
+pub fn one_line(text: &str) -> String {
+    let folded = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ");
+    folded
+        .replace("This feature is not implemented: ", "not supported: ")
+        .replace("Error during planning: ", "")
+        .replace("Schema error: ", "")
+        .replace("SQL error: ", "")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resources_exhausted_is_its_own_class_with_advice() {
+        let error: Error = DataFusionError::ResourcesExhausted("pool full".into()).into();
+        assert_eq!(error.exit_code(), exit_code::RESOURCES);
+        assert!(error.to_string().contains("--memory-limit"));
+    }
+
+    #[test]
+    fn wrapped_errors_are_classified_by_their_root() {
+        let inner = DataFusionError::Plan("table 'x' not found".into());
+        let error: Error = DataFusionError::Context("planning".into(), Box::new(inner)).into();
+        assert_eq!(error.exit_code(), exit_code::QUERY);
+        assert!(error.to_string().contains("table 'x' not found"));
+    }
+
+    #[test]
+    fn multi_line_messages_become_one_line() {
+        assert_eq!(one_line("a\n  b\n\nc"), "a b c");
+    }
+}

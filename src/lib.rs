@@ -1,0 +1,20 @@
+//! Spillway: SQL over CSV, Parquet and NDJSON file globs far larger than memory, on Apache
+//! DataFusion, under a hard memory ceiling, with results streamed out.
+//!
+//! Data flows one way (see DESIGN.md): `cli`/`config` → `engine` (the one SessionContext) →
+//! `catalog` (tables from specs) → `storage` (locations, globs, object stores); results stream
+//! from the engine into `output`, with `stats` and `progress` alongside. `query` is the path
+//! every entry point uses to run SQL; `gen` makes deterministic test data.
+
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod gen;
+pub mod output;
+pub mod progress;
+pub mod query;
+pub mod stats;
+pub mod storage;

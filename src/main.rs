@@ -1,0 +1,185 @@
+//! The `spillway` binary: parse the command line, build the runtime, dispatch, and turn the
+//! outcome into one error line and an exit code. Ctrl-C and SIGTERM cancel the running command
+//! by dropping it, which stops DataFusion's tasks, discards temporary outputs and removes spill
+//! files before the process exits.
+
+use clap::Parser;
+use spillway::cli::{self, Cli, Command, GenCommand};
+use spillway::config::ConfigFile;
+use spillway::engine::{Engine, EngineOptions};
+use spillway::error::{Error, Result};
+use spillway::gen::{self, ClaimsOptions, GenFormat, H2oOptions};
+use spillway::{demo, progress, query};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let outcome = load_config(&cli).and_then(|(config, options)| run(cli, config, options));
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("spillway: error: {error}");
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn load_config(cli: &Cli) -> Result<(ConfigFile, EngineOptions)> {
+    let config = ConfigFile::load(cli.engine.config.as_deref())?;
+    let options = cli::engine_options(&cli.engine, &config)?;
+    Ok((config, options))
+}
+
+fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(options.workers.max(1))
+        .thread_name("spillway-worker")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+    let result = runtime.block_on(async move {
+        tokio::select! {
+            result = dispatch(cli, config, options) => result,
+            () = shutdown_signal() => Err(Error::Interrupted),
+        }
+    });
+    // Dropping the runtime waits for the output thread to discard its temporary file and for
+    // cancelled tasks to release their spill files.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    result
+}
+
+async fn dispatch(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
+    let show_progress = progress::wanted(cli.engine.quiet);
+    match cli.command {
+        Command::Query(args) => {
+            let engine = open_engine(&args.sql, &config, options).await?;
+            let sql = cli::sql_text(&args.sql)?;
+            let run_options = query::RunOptions {
+                output: cli::output_spec(&args)?,
+                stats: args.stats,
+                progress: show_progress,
+            };
+            query::run_script(&engine, &sql, &run_options)
+                .await
+                .map(|_| ())
+        }
+        Command::Explain(args) => {
+            let engine = open_engine(&args.sql, &config, options).await?;
+            let sql = cli::sql_text(&args.sql)?;
+            query::explain(&engine, &sql, args.analyze).await
+        }
+        Command::Gen(GenCommand::Claims(args)) => {
+            gen_blocking(move || generate_claims(&args, options.workers, show_progress)).await
+        }
+        Command::Gen(GenCommand::H2o(args)) => {
+            gen_blocking(move || generate_h2o(&args, options.workers, show_progress)).await
+        }
+        Command::Demo(args) => demo::run(&args, &config, options, show_progress).await,
+    }
+}
+
+/// Data generation is CPU work on its own threads: keep it off the async workers.
+async fn gen_blocking(work: impl FnOnce() -> Result<()> + Send + 'static) -> Result<()> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Internal(format!("generator thread: {e}")))?
+}
+
+async fn open_engine(
+    sql: &cli::SqlArgs,
+    config: &ConfigFile,
+    options: EngineOptions,
+) -> Result<Engine> {
+    let specs = cli::table_specs(sql, config)?;
+    let mut engine = Engine::new(options)?;
+    for spec in &specs {
+        engine.register_table(spec).await?;
+    }
+    Ok(engine)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut terminate) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = terminate.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}
+
+fn gen_format(format: cli::GenFormatArg) -> GenFormat {
+    match format {
+        cli::GenFormatArg::Csv => GenFormat::Csv,
+        cli::GenFormatArg::Parquet => GenFormat::Parquet,
+    }
+}
+
+fn generate_claims(args: &cli::GenClaimsArgs, workers: usize, show_progress: bool) -> Result<()> {
+    let options = ClaimsOptions {
+        rows: args.rows,
+        files: args.files,
+        format: gen_format(args.format),
+        out: args.out.clone(),
+        seed: args.seed,
+        start: args.start,
+        days: args.days,
+        threads: workers,
+    };
+    generate(args.rows, show_progress, |progress| {
+        gen::generate_claims(&options, progress)
+    })
+}
+
+fn generate_h2o(args: &cli::GenH2oArgs, workers: usize, show_progress: bool) -> Result<()> {
+    let options = H2oOptions {
+        rows: args.rows,
+        groups: args.groups,
+        files: args.files,
+        format: gen_format(args.format),
+        out: args.out.clone(),
+        seed: args.seed,
+        threads: workers,
+    };
+    generate(args.rows, show_progress, |progress| {
+        gen::generate_h2o(&options, progress)
+    })
+}
+
+/// Run a generator with a progress bar, then say what it wrote and how fast.
+fn generate(
+    rows: u64,
+    show_progress: bool,
+    generator: impl FnOnce(&(dyn Fn(u64) + Sync)) -> std::result::Result<gen::GenSummary, gen::GenError>,
+) -> Result<()> {
+    let bar = progress::bar(show_progress, rows, "rows");
+    let started = std::time::Instant::now();
+    let summary = generator(&|written| bar.inc(written)).map_err(spillway::demo::gen_error)?;
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    eprintln!(
+        "wrote {} rows in {} files ({}) in {:.2}s: {:.0} rows/s",
+        summary.rows,
+        summary.files.len(),
+        spillway::stats::human_bytes(summary.bytes),
+        seconds,
+        summary.rows as f64 / seconds
+    );
+    Ok(())
+}

@@ -1,0 +1,528 @@
+//! Streaming result writers and where they write to.
+//!
+//! A [`Sink`] runs its format writer on its own thread and is fed `RecordBatch`es through a
+//! bounded channel: the query never waits on the terminal or the disk for more than two batches,
+//! and the result is never held in memory whole (the table format keeps at most the rows it
+//! shows). A file destination is written under a hidden temporary name in the target folder and
+//! renamed over the target only when the last byte is written and synced, so a failed, cancelled
+//! or killed run leaves either the previous file or nothing. Must not buffer a whole result.
+
+use crate::error::{Error, Result};
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::basic::Compression as ParquetCompression;
+use datafusion::parquet::file::properties::WriterProperties;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use tokio::sync::mpsc;
+
+/// Batches in flight between the query and the writer thread.
+const CHANNEL_DEPTH: usize = 2;
+
+/// Rows per Parquet row group: small enough that the writer's buffered row group stays a few
+/// tens of MiB (memory the pool does not see), large enough for good compression and pruning.
+const PARQUET_ROW_GROUP_ROWS: usize = 128 * 1024;
+
+/// Rows the table format shows by default.
+pub const DEFAULT_TABLE_ROWS: usize = 40;
+
+/// A result format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Tsv,
+    Json,
+    NdJson,
+    Parquet,
+    Arrow,
+}
+
+impl OutputFormat {
+    /// Parse a `--format` value.
+    pub fn parse(text: &str) -> std::result::Result<OutputFormat, String> {
+        Ok(match text.trim().to_ascii_lowercase().as_str() {
+            "table" => OutputFormat::Table,
+            "csv" => OutputFormat::Csv,
+            "tsv" => OutputFormat::Tsv,
+            "json" => OutputFormat::Json,
+            "ndjson" | "jsonl" => OutputFormat::NdJson,
+            "parquet" => OutputFormat::Parquet,
+            "arrow" | "ipc" | "feather" => OutputFormat::Arrow,
+            other => {
+                return Err(format!(
+                    "unknown format `{other}` (expected table, csv, tsv, json, ndjson, parquet or arrow)"
+                ));
+            }
+        })
+    }
+
+    /// The format a file name's extension asks for.
+    pub fn from_path(path: &Path) -> Option<OutputFormat> {
+        let extension = path.extension()?.to_str()?.to_ascii_lowercase();
+        Some(match extension.as_str() {
+            "csv" => OutputFormat::Csv,
+            "tsv" => OutputFormat::Tsv,
+            "json" => OutputFormat::Json,
+            "ndjson" | "jsonl" => OutputFormat::NdJson,
+            "parquet" => OutputFormat::Parquet,
+            "arrow" | "ipc" | "feather" => OutputFormat::Arrow,
+            "txt" => OutputFormat::Table,
+            _ => return None,
+        })
+    }
+
+    /// The format to use when none was asked for: a table for a person at a terminal, CSV for
+    /// a pipe or file.
+    pub fn default_for_stdout() -> OutputFormat {
+        if io::stdout().is_terminal() {
+            OutputFormat::Table
+        } else {
+            OutputFormat::Csv
+        }
+    }
+}
+
+/// Where results go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Destination {
+    Stdout,
+    File(PathBuf),
+}
+
+/// What to write and where.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub format: OutputFormat,
+    pub destination: Destination,
+    /// Rows the table format shows; 0 shows all.
+    pub max_table_rows: usize,
+}
+
+/// What a finished sink wrote.
+#[derive(Debug, Clone, Default)]
+pub struct OutputSummary {
+    pub rows: u64,
+    pub bytes: u64,
+    /// The reader went away (a closed pipe): writing stopped early, which is not an error.
+    pub reader_gone: bool,
+}
+
+enum Message {
+    Batch(RecordBatch),
+    Finish,
+}
+
+/// A writer thread fed with batches. Dropped without [`Sink::finish`], it discards its output.
+pub struct Sink {
+    sender: Option<mpsc::Sender<Message>>,
+    worker: Option<std::thread::JoinHandle<Result<OutputSummary>>>,
+}
+
+impl Sink {
+    /// Open the destination now (so an unwritable path fails before the query runs) and start
+    /// the writer thread.
+    pub fn open(spec: &OutputSpec, schema: SchemaRef) -> Result<Sink> {
+        let target = Target::open(&spec.destination)?;
+        let writer = FormatWriter::new(spec, schema, target)?;
+        let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
+        let worker = std::thread::Builder::new()
+            .name("spillway-output".into())
+            .spawn(move || run_writer(writer, receiver))
+            .map_err(|e| Error::Internal(format!("cannot start the output thread: {e}")))?;
+        Ok(Sink {
+            sender: Some(sender),
+            worker: Some(worker),
+        })
+    }
+
+    /// Hand a batch to the writer. Returns `Ok(false)` when the writer has stopped taking
+    /// batches (its reader went away, or it failed: [`Sink::finish`] tells which).
+    pub async fn write(&mut self, batch: RecordBatch) -> Result<bool> {
+        let Some(sender) = &self.sender else {
+            return Ok(false);
+        };
+        Ok(sender.send(Message::Batch(batch)).await.is_ok())
+    }
+
+    /// Finish writing, publish the output, and report what was written.
+    pub async fn finish(mut self) -> Result<OutputSummary> {
+        if let Some(sender) = self.sender.take() {
+            // A closed channel means the writer already stopped; its result says why.
+            let _ = sender.send(Message::Finish).await;
+        }
+        let worker = self.worker.take();
+        tokio::task::spawn_blocking(move || join_worker(worker))
+            .await
+            .map_err(|e| Error::Internal(format!("output thread: {e}")))?
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Closing the channel without `Finish` makes the writer discard its temporary file;
+        // wait for that so nothing is left behind when the process exits.
+        self.sender.take();
+        let _ = join_worker(self.worker.take());
+    }
+}
+
+fn join_worker(
+    worker: Option<std::thread::JoinHandle<Result<OutputSummary>>>,
+) -> Result<OutputSummary> {
+    match worker {
+        Some(handle) => handle
+            .join()
+            .map_err(|_| Error::Internal("the output thread panicked".into()))?,
+        None => Ok(OutputSummary::default()),
+    }
+}
+
+fn run_writer(
+    mut writer: FormatWriter,
+    mut receiver: mpsc::Receiver<Message>,
+) -> Result<OutputSummary> {
+    let mut rows = 0u64;
+    while let Some(message) = receiver.blocking_recv() {
+        match message {
+            Message::Batch(batch) => {
+                rows += batch.num_rows() as u64;
+                match writer.write(&batch) {
+                    Ok(()) => {}
+                    Err(WriteError::ReaderGone) => {
+                        return Ok(OutputSummary {
+                            rows,
+                            bytes: 0,
+                            reader_gone: true,
+                        });
+                    }
+                    Err(WriteError::Failed(error)) => return Err(error),
+                }
+            }
+            Message::Finish => {
+                let bytes = writer.close().map_err(WriteError::into_error)?;
+                return Ok(OutputSummary {
+                    rows,
+                    bytes,
+                    reader_gone: false,
+                });
+            }
+        }
+    }
+    // The channel closed without `Finish`: cancelled. Dropping the writer drops the temporary
+    // file, which deletes it.
+    Err(Error::Interrupted)
+}
+
+/// A write failure, with a closed pipe told apart from real errors.
+enum WriteError {
+    ReaderGone,
+    Failed(Error),
+}
+
+impl WriteError {
+    fn into_error(self) -> Error {
+        match self {
+            WriteError::ReaderGone => Error::Output("the reader closed the pipe".into()),
+            WriteError::Failed(error) => error,
+        }
+    }
+}
+
+/// Where bytes go: stdout, or a temporary file published on close.
+enum Target {
+    Stdout(BufWriter<io::Stdout>),
+    File {
+        temp: BufWriter<tempfile::NamedTempFile>,
+        path: PathBuf,
+    },
+}
+
+impl Target {
+    fn open(destination: &Destination) -> Result<Target> {
+        match destination {
+            Destination::Stdout => Ok(Target::Stdout(BufWriter::with_capacity(
+                1 << 16,
+                io::stdout(),
+            ))),
+            Destination::File(path) => {
+                let cannot = |e: &dyn std::fmt::Display| {
+                    Error::Output(format!("cannot write {}: {e}", path.display()))
+                };
+                if path.is_dir() {
+                    return Err(cannot(&"it is a folder"));
+                }
+                let folder = match path.parent() {
+                    Some(parent) if !parent.as_os_str().is_empty() => parent,
+                    _ => Path::new("."),
+                };
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("output");
+                let temp = tempfile::Builder::new()
+                    .prefix(&format!(".{name}."))
+                    .suffix(".spillway-tmp")
+                    .tempfile_in(folder)
+                    .map_err(|e| cannot(&e))?;
+                Ok(Target::File {
+                    temp: BufWriter::with_capacity(1 << 20, temp),
+                    path: path.clone(),
+                })
+            }
+        }
+    }
+
+    /// Flush, and for a file sync it and rename it over the target.
+    fn publish(self) -> Result<()> {
+        match self {
+            Target::Stdout(mut out) => out
+                .flush()
+                .map_err(|e| Error::Output(format!("stdout: {e}"))),
+            Target::File { temp, path } => {
+                let failed = |e: &dyn std::fmt::Display| {
+                    Error::Output(format!("cannot write {}: {e}", path.display()))
+                };
+                let temp = temp
+                    .into_inner()
+                    .map_err(|e| failed(&e.error().to_string()))?;
+                temp.as_file().sync_all().map_err(|e| failed(&e))?;
+                temp.persist(&path).map_err(|e| failed(&e.error))?;
+                Ok(())
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Target::Stdout(_) => "stdout".into(),
+            Target::File { path, .. } => path.display().to_string(),
+        }
+    }
+}
+
+impl Write for Target {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Target::Stdout(out) => out.write(buf),
+            Target::File { temp, .. } => temp.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Target::Stdout(out) => out.flush(),
+            Target::File { temp, .. } => temp.flush(),
+        }
+    }
+}
+
+/// A `Write` that counts the bytes through it.
+struct Counted {
+    inner: Target,
+    bytes: u64,
+}
+
+impl Write for Counted {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.bytes += written as u64;
+        Ok(written)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// One writer per format, all over a counted target.
+enum FormatWriter {
+    Csv(datafusion::arrow::csv::Writer<Counted>),
+    Json(datafusion::arrow::json::ArrayWriter<Counted>),
+    NdJson(datafusion::arrow::json::LineDelimitedWriter<Counted>),
+    Parquet(Box<ArrowWriter<Counted>>),
+    Arrow(datafusion::arrow::ipc::writer::FileWriter<Counted>),
+    Table(TableWriter),
+}
+
+impl FormatWriter {
+    fn new(spec: &OutputSpec, schema: SchemaRef, target: Target) -> Result<FormatWriter> {
+        let described = target.describe();
+        let out = Counted {
+            inner: target,
+            bytes: 0,
+        };
+        let failed = |e: &dyn std::fmt::Display| Error::Output(format!("{described}: {e}"));
+        Ok(match spec.format {
+            OutputFormat::Csv | OutputFormat::Tsv => {
+                let delimiter = if spec.format == OutputFormat::Tsv {
+                    b'\t'
+                } else {
+                    b','
+                };
+                let writer = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .with_delimiter(delimiter)
+                    .build(out);
+                let mut writer = writer;
+                // An empty batch makes the writer emit the header now, so an empty result is
+                // still a valid CSV file with its columns named.
+                writer
+                    .write(&RecordBatch::new_empty(schema))
+                    .map_err(|e| failed(&e))?;
+                FormatWriter::Csv(writer)
+            }
+            OutputFormat::Json => {
+                FormatWriter::Json(datafusion::arrow::json::ArrayWriter::new(out))
+            }
+            OutputFormat::NdJson => {
+                FormatWriter::NdJson(datafusion::arrow::json::LineDelimitedWriter::new(out))
+            }
+            OutputFormat::Parquet => {
+                let properties = WriterProperties::builder()
+                    .set_compression(ParquetCompression::SNAPPY)
+                    .set_max_row_group_row_count(Some(PARQUET_ROW_GROUP_ROWS))
+                    .build();
+                let writer =
+                    ArrowWriter::try_new(out, schema, Some(properties)).map_err(|e| failed(&e))?;
+                FormatWriter::Parquet(Box::new(writer))
+            }
+            OutputFormat::Arrow => {
+                let writer = datafusion::arrow::ipc::writer::FileWriter::try_new(out, &schema)
+                    .map_err(|e| failed(&e))?;
+                FormatWriter::Arrow(writer)
+            }
+            OutputFormat::Table => FormatWriter::Table(TableWriter::new(out, spec.max_table_rows)),
+        })
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> std::result::Result<(), WriteError> {
+        let result = match self {
+            FormatWriter::Csv(writer) => writer.write(batch).map_err(arrow_io),
+            FormatWriter::Json(writer) => writer.write(batch).map_err(arrow_io),
+            FormatWriter::NdJson(writer) => writer.write(batch).map_err(arrow_io),
+            FormatWriter::Parquet(writer) => writer.write(batch).map_err(parquet_io),
+            FormatWriter::Arrow(writer) => writer.write(batch).map_err(arrow_io),
+            FormatWriter::Table(writer) => writer.write(batch),
+        };
+        result.map_err(classify_io)
+    }
+
+    /// Finish the format (footers, closing brackets), publish, and return the bytes written.
+    fn close(self) -> std::result::Result<u64, WriteError> {
+        let out = match self {
+            FormatWriter::Csv(writer) => Ok(writer.into_inner()),
+            FormatWriter::Json(mut writer) => writer
+                .finish()
+                .map(|()| writer.into_inner())
+                .map_err(arrow_io),
+            FormatWriter::NdJson(mut writer) => writer
+                .finish()
+                .map(|()| writer.into_inner())
+                .map_err(arrow_io),
+            FormatWriter::Parquet(writer) => writer.into_inner().map_err(parquet_io),
+            FormatWriter::Arrow(writer) => writer.into_inner().map_err(arrow_io),
+            FormatWriter::Table(writer) => writer.close(),
+        }
+        .map_err(classify_io)?;
+        let bytes = out.bytes;
+        out.inner.publish().map_err(WriteError::Failed)?;
+        Ok(bytes)
+    }
+}
+
+fn arrow_io(error: datafusion::arrow::error::ArrowError) -> io::Error {
+    match error {
+        datafusion::arrow::error::ArrowError::IoError(_, inner) => inner,
+        other => io::Error::other(other.to_string()),
+    }
+}
+
+fn parquet_io(error: datafusion::parquet::errors::ParquetError) -> io::Error {
+    io::Error::other(error.to_string())
+}
+
+fn classify_io(error: io::Error) -> WriteError {
+    if error.kind() == io::ErrorKind::BrokenPipe {
+        WriteError::ReaderGone
+    } else {
+        WriteError::Failed(Error::Output(error.to_string()))
+    }
+}
+
+/// The human table: shows the first `max_rows` rows, then says how many it left out.
+/// With `max_rows == 0` it prints every row, one table per chunk, never holding more than a chunk.
+struct TableWriter {
+    out: Counted,
+    max_rows: usize,
+    kept: Vec<RecordBatch>,
+    kept_rows: usize,
+    left_out: u64,
+}
+
+/// Rows per printed table when all rows are shown.
+const TABLE_CHUNK_ROWS: usize = 1000;
+
+impl TableWriter {
+    fn new(out: Counted, max_rows: usize) -> Self {
+        Self {
+            out,
+            max_rows,
+            kept: Vec::new(),
+            kept_rows: 0,
+            left_out: 0,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        if self.max_rows == 0 {
+            TABLE_CHUNK_ROWS
+        } else {
+            self.max_rows
+        }
+    }
+
+    fn write(&mut self, batch: &RecordBatch) -> io::Result<()> {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let room = self.capacity() - self.kept_rows;
+            if room == 0 {
+                if self.max_rows == 0 {
+                    self.print_kept()?;
+                    continue;
+                }
+                self.left_out += (batch.num_rows() - offset) as u64;
+                return Ok(());
+            }
+            let take = room.min(batch.num_rows() - offset);
+            self.kept.push(batch.slice(offset, take));
+            self.kept_rows += take;
+            offset += take;
+        }
+        Ok(())
+    }
+
+    fn print_kept(&mut self) -> io::Result<()> {
+        if !self.kept.is_empty() {
+            let table = pretty_format_batches(&self.kept).map_err(arrow_io)?;
+            writeln!(self.out, "{table}")?;
+        }
+        self.kept.clear();
+        self.kept_rows = 0;
+        Ok(())
+    }
+
+    fn close(mut self) -> io::Result<Counted> {
+        let shown = self.kept_rows as u64;
+        self.print_kept()?;
+        if self.left_out > 0 {
+            writeln!(
+                self.out,
+                "{} rows; showing the first {shown} ({} left out; --max-rows 0 shows all, or -o FILE)",
+                shown + self.left_out,
+                self.left_out
+            )?;
+        }
+        Ok(self.out)
+    }
+}

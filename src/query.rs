@@ -1,0 +1,178 @@
+//! Running SQL scripts end to end: statements through the engine, results into an output sink,
+//! with progress while it runs and stats after.
+//!
+//! This is the path every entry point that runs a user's SQL takes (the `query` command, the
+//! demo, and later reports), so the rules live here once: a script may hold several statements
+//! (`SET` among them); with a file destination only one of them may return rows; a failed or
+//! cancelled statement publishes nothing. Must not build its own session or write files itself.
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::output::{Destination, OutputSpec, OutputSummary, Sink};
+use crate::progress::QueryProgress;
+use crate::stats::{self, PlanTotals, QueryStats};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::sql::parser::Statement;
+use futures::StreamExt;
+use std::time::Instant;
+
+/// How to run a script.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub output: OutputSpec,
+    /// Print [`QueryStats`] to stderr after each statement that returns rows.
+    pub stats: bool,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What one row-returning statement did.
+#[derive(Debug, Clone)]
+pub struct StatementOutcome {
+    pub output: OutputSummary,
+    pub stats: QueryStats,
+}
+
+/// Run every statement of `sql` in order; returns the outcomes of those that return rows.
+pub async fn run_script(
+    engine: &Engine,
+    sql: &str,
+    options: &RunOptions,
+) -> Result<Vec<StatementOutcome>> {
+    let statements = engine.parse(sql)?;
+    let queries = statements.iter().filter(|s| is_query(s)).count();
+    if queries > 1 && matches!(options.output.destination, Destination::File(_)) {
+        return Err(Error::Usage(format!(
+            "the script has {queries} statements that return rows, but -o writes one result: \
+             keep one query, or drop -o"
+        )));
+    }
+    let mut outcomes = Vec::new();
+    for statement in statements {
+        let plan = engine.plan(statement).await?;
+        if Engine::returns_rows(&plan) {
+            let outcome = run_statement(engine, plan, options).await?;
+            if options.stats {
+                eprintln!("{}", outcome.stats);
+            }
+            if outcome.output.reader_gone {
+                break;
+            }
+            outcomes.push(outcome);
+        } else {
+            drain(engine, plan).await?;
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Whether a statement returns rows, judged before planning (for the `-o` check).
+fn is_query(statement: &Statement) -> bool {
+    use datafusion::sql::sqlparser::ast::Statement as Sql;
+    match statement {
+        Statement::Statement(inner) => {
+            matches!(inner.as_ref(), Sql::Query(_) | Sql::Explain { .. })
+        }
+        Statement::Explain(_) => true,
+        _ => false,
+    }
+}
+
+/// Execute a statement that returns nothing worth printing (SET, CREATE VIEW, ...).
+async fn drain(engine: &Engine, plan: LogicalPlan) -> Result<()> {
+    let mut running = engine.execute(plan).await?;
+    while let Some(batch) = running.stream.next().await {
+        batch?;
+    }
+    Ok(())
+}
+
+/// Execute one query and stream its rows into the output.
+pub async fn run_statement(
+    engine: &Engine,
+    plan: LogicalPlan,
+    options: &RunOptions,
+) -> Result<StatementOutcome> {
+    let started = Instant::now();
+    let schema = plan.schema().inner().clone();
+    // Open the output first: an unwritable path fails before any work is done.
+    let mut sink = Sink::open(&options.output, schema)?;
+    let bytes_before = engine.counters().bytes();
+    let requests_before = engine.counters().requests();
+    let mut running = engine.execute(plan).await?;
+    let (files, bytes_in_files) = stats::scanned_files(&running.plan);
+    let progress = QueryProgress::start(
+        options.progress,
+        bytes_in_files,
+        engine.counters().clone(),
+        running.plan.clone(),
+    );
+    while let Some(batch) = running.stream.next().await {
+        let batch = match batch {
+            Ok(batch) => batch,
+            Err(error) => {
+                drop(progress);
+                return Err(explain_failure(engine, error.into()).await);
+            }
+        };
+        if !sink.write(batch).await? {
+            break;
+        }
+    }
+    progress.finish();
+    let output = sink.finish().await?;
+    let stats = QueryStats {
+        rows: output.rows,
+        files,
+        bytes_in_files,
+        bytes_fetched: engine.counters().bytes() - bytes_before,
+        requests: engine.counters().requests() - requests_before,
+        elapsed: started.elapsed(),
+        spill: PlanTotals::of(&running.plan),
+        peak_pool: engine.pool().peak(),
+        memory_limit: engine.options().memory_limit,
+        peak_rss: stats::peak_rss(),
+    };
+    Ok(StatementOutcome { output, stats })
+}
+
+/// Add what the user needs to an execution failure: for bad data, which file holds it.
+async fn explain_failure(engine: &Engine, error: Error) -> Error {
+    if !error.is_input() {
+        return error;
+    }
+    match engine.find_bad_file().await {
+        Some(located) => located,
+        None => error,
+    }
+}
+
+/// Print the plan of the script's last statement (earlier ones, such as `SET`, are run first).
+/// With `analyze` the query runs and every operator shows its metrics, spilling included.
+pub async fn explain(engine: &Engine, sql: &str, analyze: bool) -> Result<()> {
+    let mut statements = engine.parse(sql)?;
+    let last = statements
+        .pop()
+        .ok_or_else(|| Error::Usage("no SQL statement given".into()))?;
+    for statement in statements {
+        let plan = engine.plan(statement).await?;
+        drain(engine, plan).await?;
+    }
+    let plan = engine.plan(last).await?;
+    let frame = engine.context().execute_logical_plan(plan).await?;
+    let batches = frame.explain(false, analyze)?.collect().await?;
+    let mut text = String::new();
+    for batch in &batches {
+        let kinds = datafusion::arrow::array::cast::as_string_array(batch.column(0));
+        let plans = datafusion::arrow::array::cast::as_string_array(batch.column(1));
+        for row in 0..batch.num_rows() {
+            text.push_str(&format!(
+                "== {} ==\n{}\n",
+                kinds.value(row),
+                plans.value(row)
+            ));
+        }
+    }
+    print!("{text}");
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! What a query did: rows, files and bytes scanned, spilling, memory, time.
+//!
+//! Figures are read from the executed plan's own metrics (walked once at the end, or on each
+//! progress tick) and from the process (peak RSS). Must not slow the hot path: nothing here runs
+//! per batch.
+
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::physical_plan::ExecutionPlan;
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Totals over every operator of a plan.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PlanTotals {
+    pub spill_count: usize,
+    pub spilled_bytes: usize,
+    pub spilled_rows: usize,
+}
+
+impl PlanTotals {
+    /// Sum the spill metrics of every operator in the plan.
+    pub fn of(plan: &Arc<dyn ExecutionPlan>) -> PlanTotals {
+        let mut totals = PlanTotals::default();
+        visit(plan, &mut |node| {
+            if let Some(metrics) = node.metrics() {
+                totals.spill_count += metrics.spill_count().unwrap_or(0);
+                totals.spilled_bytes += metrics.spilled_bytes().unwrap_or(0);
+                totals.spilled_rows += metrics.spilled_rows().unwrap_or(0);
+            }
+        });
+        totals
+    }
+}
+
+fn visit(plan: &Arc<dyn ExecutionPlan>, f: &mut dyn FnMut(&Arc<dyn ExecutionPlan>)) {
+    f(plan);
+    for child in plan.children() {
+        visit(child, f);
+    }
+}
+
+/// The files a plan scans and their total size in bytes (byte ranges counted once per file).
+pub fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> (usize, u64) {
+    let mut seen = HashSet::new();
+    let mut bytes = 0;
+    visit(plan, &mut |node| {
+        let Some(source) = node.downcast_ref::<DataSourceExec>() else {
+            return;
+        };
+        let Some(config) = source.data_source().downcast_ref::<FileScanConfig>() else {
+            return;
+        };
+        for file in config.file_groups.iter().flat_map(|group| group.iter()) {
+            if seen.insert(file.object_meta.location.clone()) {
+                bytes += file.object_meta.size;
+            }
+        }
+    });
+    (seen.len(), bytes)
+}
+
+/// Peak resident set size of this process so far, in bytes (Linux; 0 elsewhere).
+pub fn peak_rss() -> u64 {
+    proc_status_kib("VmHWM:") * 1024
+}
+
+fn proc_status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|line| line.starts_with(key))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Everything `--stats` prints after a statement.
+#[derive(Debug, Clone)]
+pub struct QueryStats {
+    pub rows: u64,
+    pub files: usize,
+    pub bytes_in_files: u64,
+    pub bytes_fetched: u64,
+    pub requests: u64,
+    pub elapsed: Duration,
+    pub spill: PlanTotals,
+    pub peak_pool: usize,
+    pub memory_limit: u64,
+    pub peak_rss: u64,
+}
+
+impl fmt::Display for QueryStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "rows out:      {}", self.rows)?;
+        writeln!(
+            f,
+            "files scanned: {} ({}; {} fetched in {} requests)",
+            self.files,
+            human_bytes(self.bytes_in_files),
+            human_bytes(self.bytes_fetched),
+            self.requests
+        )?;
+        writeln!(f, "elapsed:       {:.3}s", self.elapsed.as_secs_f64())?;
+        writeln!(
+            f,
+            "spilled:       {} spills, {}, {} rows",
+            self.spill.spill_count,
+            human_bytes(self.spill.spilled_bytes as u64),
+            self.spill.spilled_rows
+        )?;
+        writeln!(
+            f,
+            "peak memory:   {} of {} (pool)",
+            human_bytes(self.peak_pool as u64),
+            human_bytes(self.memory_limit)
+        )?;
+        write!(f, "peak RSS:      {}", human_bytes(self.peak_rss))
+    }
+}
+
+/// `1.5 GiB`, `320.0 MiB`, `12 B`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_are_shown_in_binary_units() {
+        assert_eq!(human_bytes(12), "12 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(256 << 20), "256.0 MiB");
+    }
+
+    #[test]
+    fn peak_rss_is_read_from_the_kernel() {
+        assert!(peak_rss() > 0);
+    }
+}

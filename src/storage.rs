@@ -1,0 +1,442 @@
+//! Where table files live: locations, globs and object stores.
+//!
+//! A table location is a file, a folder or a glob (`*`, `**`, `?`, `[..]`, `{a,b}`), on local disk
+//! or behind a URL. DataFusion's listing only globs local paths without a scheme, and only in
+//! the `glob` crate's dialect, so this module splits a location into a listing prefix and a
+//! pattern itself, lists the prefix once, and matches with `globset` (the matcher ripgrep uses),
+//! so every store globs the same way. It also wraps each object store in [`CountingStore`], which
+//! counts requests and bytes fetched: the progress bar and `--stats` read those counters.
+//!
+//! Must not print or log secrets; must not read table data (the catalog and engine do).
+
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use bytes::Bytes;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use futures::stream::{BoxStream, TryStreamExt};
+use globset::{Glob, GlobMatcher};
+use object_store::path::Path as StorePath;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
+use std::fmt;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use url::Url;
+
+/// Characters that make a path segment a glob pattern.
+const GLOB_CHARS: &[char] = &['*', '?', '[', '{'];
+
+/// A parsed table location: the store it is in, the listing prefix, and an optional pattern
+/// that files below the prefix must match.
+#[derive(Debug, Clone)]
+pub struct Location {
+    /// What the user wrote, for error messages.
+    pub original: String,
+    /// The store's URL, e.g. `file://` or `s3://bucket`.
+    pub store_url: ObjectStoreUrl,
+    /// The folder (or single file) to list, as a URL.
+    pub base: Url,
+    /// The glob, relative to `base`, if the location has one.
+    pub pattern: Option<String>,
+}
+
+/// A location resolved to the files it names.
+#[derive(Debug, Clone)]
+pub struct ResolvedLocation {
+    pub location: Location,
+    /// Matching files, sorted by path, hidden and `_`-prefixed files left out.
+    pub files: Vec<ObjectMeta>,
+}
+
+impl Location {
+    /// Parse what the user wrote. Local paths may be relative to the current directory.
+    pub fn parse(text: &str) -> Result<Location> {
+        if text.trim().is_empty() {
+            return Err(Error::Usage("an empty table location".into()));
+        }
+        if let Some(rest) = text.strip_prefix("file://") {
+            return Self::parse_local(text, rest);
+        }
+        if text.contains("://") {
+            return Err(Error::Usage(format!(
+                "location `{text}`: only local paths are supported in this build"
+            )));
+        }
+        Self::parse_local(text, text)
+    }
+
+    fn parse_local(original: &str, path: &str) -> Result<Location> {
+        let (prefix, pattern) = split_glob(path);
+        let prefix = if prefix.is_empty() { "." } else { prefix };
+        let absolute = std::path::absolute(prefix)
+            .map_err(|e| Error::Usage(format!("location `{original}`: {e}")))?;
+        let as_folder = pattern.is_some() || absolute.is_dir();
+        let base = if as_folder {
+            Url::from_directory_path(&absolute)
+        } else {
+            Url::from_file_path(&absolute)
+        }
+        .map_err(|()| Error::Usage(format!("location `{original}` is not a valid path")))?;
+        Ok(Location {
+            original: original.to_string(),
+            store_url: ObjectStoreUrl::local_filesystem(),
+            base,
+            pattern: pattern.map(str::to_string),
+        })
+    }
+
+    /// The listing prefix in the store's own path syntax.
+    pub fn prefix(&self) -> Result<StorePath> {
+        StorePath::from_url_path(self.base.path())
+            .map_err(|e| Error::Usage(format!("location `{}`: {e}", self.original)))
+    }
+
+    /// Whether the location names a folder (or a glob) rather than one file.
+    pub fn is_folder(&self) -> bool {
+        self.base.path().ends_with('/')
+    }
+
+    /// The URL of one file of this location's store, for DataFusion's listing table.
+    pub fn file_url(&self, path: &StorePath) -> Result<ListingTableUrl> {
+        let mut url = self.base.clone();
+        url.set_path("");
+        url.path_segments_mut()
+            .map_err(|()| Error::Internal(format!("`{}` cannot hold a path", self.base)))?
+            .extend(path.parts().map(|part| part.as_ref().to_string()));
+        ListingTableUrl::try_new(url, None).map_err(Error::from)
+    }
+
+    /// The location's folder as a DataFusion listing URL (for hive-partitioned tables, whose
+    /// partition values DataFusion reads from the paths below it).
+    pub fn folder_url(&self) -> Result<ListingTableUrl> {
+        ListingTableUrl::try_new(self.base.clone(), None).map_err(Error::from)
+    }
+}
+
+/// Split a path at the first segment holding a glob character: `("data/", "claims_*.csv")`.
+pub fn split_glob(path: &str) -> (&str, Option<&str>) {
+    let mut offset = 0;
+    for segment in path.split_inclusive('/') {
+        if segment.contains(GLOB_CHARS) {
+            return (&path[..offset], Some(&path[offset..]));
+        }
+        offset += segment.len();
+    }
+    (path, None)
+}
+
+/// Build the matcher for a glob: `*` and `?` stay within one path segment, `**` crosses them.
+fn glob_matcher(location: &Location, pattern: &str) -> Result<GlobMatcher> {
+    Glob::new(pattern)
+        .and_then(|_| {
+            globset::GlobBuilder::new(pattern)
+                .literal_separator(true)
+                .backslash_escape(true)
+                .build()
+        })
+        .map(|glob| glob.compile_matcher())
+        .map_err(|e| Error::Usage(format!("location `{}`: bad glob: {e}", location.original)))
+}
+
+/// Hidden files (`.name`) and markers (`_SUCCESS`) are never table data: temporary outputs and
+/// manifests live beside the data.
+fn is_hidden(relative: &str) -> bool {
+    relative
+        .split('/')
+        .any(|segment| segment.starts_with('.') || segment.starts_with('_'))
+}
+
+/// List the files a location names. A single file is returned as is; a folder yields every
+/// file below it (recursively); a glob yields the files below its prefix that match it.
+/// An empty result is an error that names the location.
+pub async fn resolve(
+    store: &Arc<dyn ObjectStore>,
+    location: &Location,
+) -> Result<ResolvedLocation> {
+    let prefix = location.prefix()?;
+    let files = if location.is_folder() {
+        list_matching(store, location, &prefix).await?
+    } else {
+        match store.head(&prefix).await {
+            Ok(meta) => vec![meta],
+            Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            Err(e) => return Err(store_error(&location.original, e)),
+        }
+    };
+    if files.is_empty() {
+        let what = if location.pattern.is_some() {
+            "no file matches the glob"
+        } else if location.is_folder() {
+            "the folder holds no files"
+        } else {
+            "no such file"
+        };
+        return Err(Error::Input(format!("{what} `{}`", location.original)));
+    }
+    Ok(ResolvedLocation {
+        location: location.clone(),
+        files,
+    })
+}
+
+async fn list_matching(
+    store: &Arc<dyn ObjectStore>,
+    location: &Location,
+    prefix: &StorePath,
+) -> Result<Vec<ObjectMeta>> {
+    let matcher = match &location.pattern {
+        Some(pattern) => Some(glob_matcher(location, pattern)?),
+        None => None,
+    };
+    let prefix_text = prefix.as_ref();
+    let listed: Vec<ObjectMeta> = store
+        .list(Some(prefix))
+        .map_err(|e| store_error(&location.original, e))
+        .try_collect()
+        .await?;
+    let mut files: Vec<ObjectMeta> = listed
+        .into_iter()
+        .filter(|meta| {
+            let relative = relative_to(meta.location.as_ref(), prefix_text);
+            !is_hidden(relative) && matcher.as_ref().is_none_or(|glob| glob.is_match(relative))
+        })
+        .collect();
+    files.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(files)
+}
+
+fn relative_to<'a>(path: &'a str, prefix: &str) -> &'a str {
+    let stripped = path.strip_prefix(prefix).unwrap_or(path);
+    stripped.strip_prefix('/').unwrap_or(stripped)
+}
+
+/// Describe an object store error with the location it concerns, classified.
+pub fn store_error(location: &str, error: object_store::Error) -> Error {
+    let message = crate::error::one_line(&error.to_string());
+    match error {
+        object_store::Error::NotFound { .. } => Error::Input(format!("`{location}`: {message}")),
+        object_store::Error::Generic { store, .. } if store == "LocalFileSystem" => {
+            Error::Input(format!("`{location}`: {message}"))
+        }
+        _ => Error::Storage(format!("`{location}`: {message}")),
+    }
+}
+
+/// Counters of what the stores were asked for, shared by every store of one engine.
+#[derive(Debug, Default)]
+pub struct StoreCounters {
+    pub get_requests: AtomicU64,
+    pub bytes_fetched: AtomicU64,
+    pub list_requests: AtomicU64,
+    pub put_requests: AtomicU64,
+}
+
+impl StoreCounters {
+    /// Total bytes fetched so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes_fetched.load(Ordering::Relaxed)
+    }
+
+    /// Requests of every kind so far.
+    pub fn requests(&self) -> u64 {
+        self.get_requests.load(Ordering::Relaxed)
+            + self.list_requests.load(Ordering::Relaxed)
+            + self.put_requests.load(Ordering::Relaxed)
+    }
+}
+
+/// An object store that counts the requests made to the one it wraps and the bytes they fetch.
+#[derive(Debug)]
+pub struct CountingStore {
+    inner: Arc<dyn ObjectStore>,
+    counters: Arc<StoreCounters>,
+}
+
+impl CountingStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, counters: Arc<StoreCounters>) -> Self {
+        Self { inner, counters }
+    }
+
+    fn count_get(&self, bytes: u64) {
+        self.counters.get_requests.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .bytes_fetched
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+}
+
+impl fmt::Display for CountingStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Counting({})", self.inner)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for CountingStore {
+    async fn put_opts(
+        &self,
+        location: &StorePath,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.counters.put_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.put_opts(location, payload, opts).await
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &StorePath,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.counters.put_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(
+        &self,
+        location: &StorePath,
+        options: GetOptions,
+    ) -> object_store::Result<GetResult> {
+        let head = options.head;
+        let result = self.inner.get_opts(location, options).await?;
+        let bytes = if head {
+            0
+        } else {
+            result.range.end - result.range.start
+        };
+        self.count_get(bytes);
+        Ok(result)
+    }
+
+    async fn get_ranges(
+        &self,
+        location: &StorePath,
+        ranges: &[Range<u64>],
+    ) -> object_store::Result<Vec<Bytes>> {
+        let result = self.inner.get_ranges(location, ranges).await?;
+        self.count_get(result.iter().map(|bytes| bytes.len() as u64).sum());
+        Ok(result)
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<StorePath>>,
+    ) -> BoxStream<'static, object_store::Result<StorePath>> {
+        self.inner.delete_stream(locations)
+    }
+
+    fn list(
+        &self,
+        prefix: Option<&StorePath>,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.list_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.list(prefix)
+    }
+
+    fn list_with_offset(
+        &self,
+        prefix: Option<&StorePath>,
+        offset: &StorePath,
+    ) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.counters.list_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.list_with_offset(prefix, offset)
+    }
+
+    async fn list_with_delimiter(
+        &self,
+        prefix: Option<&StorePath>,
+    ) -> object_store::Result<ListResult> {
+        self.counters.list_requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(
+        &self,
+        from: &StorePath,
+        to: &StorePath,
+        options: CopyOptions,
+    ) -> object_store::Result<()> {
+        self.inner.copy_opts(from, to, options).await
+    }
+}
+
+/// The local file system store, counted.
+pub fn local_store(counters: Arc<StoreCounters>) -> Arc<dyn ObjectStore> {
+    let local: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
+    Arc::new(CountingStore::new(local, counters))
+}
+
+/// Keep only the files of a resolved location (for callers that need plain metadata).
+pub fn total_bytes(files: &[ObjectMeta]) -> u64 {
+    files.iter().map(|meta| meta.size).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_split_at_the_first_segment_with_a_glob_character() {
+        assert_eq!(
+            split_glob("data/claims_*.csv"),
+            ("data/", Some("claims_*.csv"))
+        );
+        assert_eq!(split_glob("/a/b/**/x?.csv"), ("/a/b/", Some("**/x?.csv")));
+        assert_eq!(split_glob("/a/{x,y}/f.csv"), ("/a/", Some("{x,y}/f.csv")));
+        assert_eq!(split_glob("*.parquet"), ("", Some("*.parquet")));
+        assert_eq!(split_glob("/a/b.csv"), ("/a/b.csv", None));
+    }
+
+    #[test]
+    fn hidden_and_marker_files_are_not_data() {
+        assert!(is_hidden(".claims.csv.tmp"));
+        assert!(is_hidden("year=2024/_SUCCESS"));
+        assert!(!is_hidden("year=2024/part-0.parquet"));
+    }
+
+    #[tokio::test]
+    async fn a_glob_lists_only_matching_files_at_the_right_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "a.csv",
+            "b.csv",
+            "c.json",
+            "sub/d.csv",
+            "sub/deep/e.csv",
+            ".hidden.csv",
+        ] {
+            let path = dir.path().join(name);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "x\n").unwrap();
+        }
+        let store = local_store(Arc::default());
+        let names = |pattern: &str| {
+            let location = Location::parse(&format!("{}/{pattern}", dir.path().display())).unwrap();
+            let store = store.clone();
+            async move {
+                let resolved = resolve(&store, &location).await?;
+                Ok::<_, Error>(
+                    resolved
+                        .files
+                        .iter()
+                        .map(|m| m.location.filename().unwrap().to_string())
+                        .collect::<Vec<_>>(),
+                )
+            }
+        };
+        assert_eq!(names("*.csv").await.unwrap(), ["a.csv", "b.csv"]);
+        assert_eq!(
+            names("**/*.csv").await.unwrap(),
+            ["a.csv", "b.csv", "d.csv", "e.csv"]
+        );
+        assert_eq!(names("{a,c}.*").await.unwrap(), ["a.csv", "c.json"]);
+        assert_eq!(names("sub/?.csv").await.unwrap(), ["d.csv"]);
+        let error = names("*.parquet").await.unwrap_err();
+        assert!(error.to_string().contains("*.parquet"), "{error}");
+        assert_eq!(error.exit_code(), crate::error::exit_code::INPUT);
+    }
+}

@@ -1,0 +1,213 @@
+//! Helpers for black-box tests of the `spillway` binary: a scratch folder to run it in, and
+//! an independent reader of generated claims files for computing expected answers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// A scratch folder the binary runs in, removed at the end of the test.
+pub struct Workspace {
+    dir: tempfile::TempDir,
+}
+
+/// What one run of the binary did.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    fn from_output(output: Output) -> Outcome {
+        Outcome {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// Assert success and return stdout.
+    pub fn success(&self) -> &str {
+        assert_eq!(self.code, 0, "expected success; stderr:\n{}", self.stderr);
+        &self.stdout
+    }
+
+    /// Assert failure with `code`, one error line, and return stderr.
+    pub fn failure(&self, code: i32) -> &str {
+        assert_eq!(
+            self.code, code,
+            "expected exit {code}; stdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        let error_lines = self
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("spillway: error:"))
+            .count();
+        assert_eq!(
+            error_lines, 1,
+            "expected one error line; stderr:\n{}",
+            self.stderr
+        );
+        &self.stderr
+    }
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.path().join(relative)
+    }
+
+    /// Write a file (creating folders) and return its path.
+    pub fn write(&self, relative: &str, contents: impl AsRef<[u8]>) -> PathBuf {
+        let path = self.path(relative);
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(&path, contents).expect("write");
+        path
+    }
+
+    /// The binary, run in this folder, with no `SPILLWAY_*` settings from the environment.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        command.current_dir(self.dir.path());
+        for (key, _) in std::env::vars() {
+            if key.starts_with("SPILLWAY_") {
+                command.env_remove(key);
+            }
+        }
+        command.env("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9");
+        command.stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Outcome {
+        Outcome::from_output(self.command().args(args).output().expect("run spillway"))
+    }
+
+    /// Run with `input` on stdin.
+    pub fn run_with_stdin(&self, args: &[&str], input: &str) -> Outcome {
+        use std::io::Write;
+        let mut child = self
+            .command()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        Outcome::from_output(child.wait_with_output().expect("wait"))
+    }
+
+    /// Generate claims with the binary's generator.
+    pub fn gen_claims(&self, rows: u64, files: usize, format: &str, out: &str) {
+        self.run(&[
+            "gen",
+            "claims",
+            "--rows",
+            &rows.to_string(),
+            "--files",
+            &files.to_string(),
+            "--format",
+            format,
+            "--out",
+            out,
+            "--seed",
+            "7",
+        ])
+        .success();
+    }
+
+    /// Every file below `relative`, recursively (to check that nothing was left behind).
+    pub fn files_below(&self, relative: &str) -> Vec<PathBuf> {
+        fn walk(dir: &Path, found: &mut Vec<PathBuf>) {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, found);
+                } else {
+                    found.push(path);
+                }
+            }
+        }
+        let mut found = Vec::new();
+        walk(&self.path(relative), &mut found);
+        found.sort();
+        found
+    }
+}
+
+/// One generated claim, read independently of Spillway (plain string splitting).
+#[derive(Debug, Clone)]
+pub struct Claim {
+    pub claim_id: i64,
+    pub member_id: String,
+    pub ndc: String,
+    pub diagnosis_code: String,
+    pub total_cost_cents: i64,
+}
+
+/// Read every `claims-*.csv` below `folder` by hand.
+pub fn read_claims_csv(folder: &Path) -> Vec<Claim> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(folder)
+        .expect("read claims folder")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .collect();
+    paths.sort();
+    let mut claims = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).expect("read csv");
+        let mut lines = text.lines();
+        let header: Vec<&str> = lines.next().expect("header").split(',').collect();
+        let column = |name: &str| header.iter().position(|h| *h == name).expect(name);
+        let (id, member, ndc, dx, total) = (
+            column("claim_id"),
+            column("member_id"),
+            column("ndc"),
+            column("diagnosis_code"),
+            column("total_cost"),
+        );
+        for line in lines {
+            let fields: Vec<&str> = line.split(',').collect();
+            claims.push(Claim {
+                claim_id: fields[id].parse().expect("claim_id"),
+                member_id: fields[member].to_string(),
+                ndc: fields[ndc].to_string(),
+                diagnosis_code: fields[dx].to_string(),
+                total_cost_cents: cents(fields[total]),
+            });
+        }
+    }
+    claims
+}
+
+/// `123.45` → 12345, exactly.
+pub fn cents(text: &str) -> i64 {
+    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let fraction = format!("{fraction:0<2}");
+    whole.parse::<i64>().expect("whole") * 100 + fraction[..2].parse::<i64>().expect("fraction")
+}
+
+/// Parse CSV output (no quoting in our test data) into rows of fields, header dropped.
+pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    text.lines()
+        .skip(1)
+        .map(|line| line.split(',').map(str::to_string).collect())
+        .collect()
+}
