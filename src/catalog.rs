@@ -10,13 +10,16 @@ use crate::config::{single_byte, ColumnType, TableSection};
 use crate::error::{Error, Result};
 use crate::storage::{self, Location, ResolvedLocation};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::catalog::TableProvider;
+use datafusion::common::ScalarValue;
 use datafusion::datasource::file_format::csv::CsvFormat;
 use datafusion::datasource::file_format::file_compression_type::FileCompressionType;
 use datafusion::datasource::file_format::json::JsonFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::listing::{ListingOptions, ListingTable, ListingTableConfig};
-use datafusion::prelude::SessionContext;
+use datafusion::logical_expr::{cast, when, Expr};
+use datafusion::prelude::{ident, lit, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore};
 use std::sync::Arc;
@@ -284,19 +287,72 @@ pub async fn register(
     let options = ListingOptions::new(listing_format.clone())
         .with_file_extension(listing_extension)
         .with_table_partition_cols(partition_columns);
+    // DataFusion 55's CSV reader ignores `null_regex` (only inference uses it), so configured
+    // NULL strings are applied by a view over a table read as text.
+    let null_values = format == TableFormat::Csv && !spec.csv.null_values.is_empty();
+    let file_schema = if null_values {
+        as_text(&schema)
+    } else {
+        schema.clone()
+    };
     let config = ListingTableConfig::new_with_multi_paths(urls)
         .with_listing_options(options)
-        .with_schema(schema.clone());
-    let table = ListingTable::try_new(config).map_err(|e| in_table(e.into()))?;
-    ctx.register_table(spec.name.as_str(), Arc::new(table))
+        .with_schema(file_schema.clone());
+    let table: Arc<dyn TableProvider> =
+        Arc::new(ListingTable::try_new(config).map_err(|e| in_table(e.into()))?);
+    let provider = if null_values {
+        null_values_view(ctx, table, &schema, &spec.csv.null_values).map_err(in_table)?
+    } else {
+        table
+    };
+    ctx.register_table(spec.name.as_str(), provider)
         .map_err(|e| in_table(e.into()))?;
     Ok(RegisteredTable {
         spec: spec.clone(),
         resolved,
         format,
-        schema,
+        schema: file_schema,
         listing_format,
     })
+}
+
+/// The same columns, all read as text.
+fn as_text(schema: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|field| Field::new(field.name(), DataType::Utf8, true))
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+/// A view over a text-typed table that turns the configured NULL strings into NULL and casts
+/// every other value to its column's type. Partition columns pass through unchanged.
+fn null_values_view(
+    ctx: &SessionContext,
+    text_table: Arc<dyn TableProvider>,
+    schema: &SchemaRef,
+    null_values: &[String],
+) -> Result<Arc<dyn TableProvider>> {
+    let frame = ctx.read_table(text_table)?;
+    let nulls: Vec<Expr> = null_values
+        .iter()
+        .map(|value| lit(value.as_str()))
+        .collect();
+    let mut columns = Vec::new();
+    for field in frame.schema().fields() {
+        let name = field.name();
+        let column = match schema.field_with_name(name) {
+            Ok(target) => {
+                let typed_null = lit(ScalarValue::try_from(target.data_type())?);
+                when(ident(name).in_list(nulls.clone(), false), typed_null)
+                    .otherwise(cast(ident(name), target.data_type().clone()))?
+            }
+            Err(_) => ident(name),
+        };
+        columns.push(column.alias(name));
+    }
+    Ok(frame.select(columns)?.into_view())
 }
 
 /// The format, compression and tab-delimitedness of a table: as configured, else from the

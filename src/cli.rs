@@ -243,6 +243,7 @@ pub fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<EngineOp
         }
         options.workers = *workers;
     }
+    options.batch_size = crate::engine::batch_size_for(options.memory_limit, options.workers);
     if let Some((size, origin)) = pick(
         &args.batch_size,
         &file.batch_size,

@@ -66,6 +66,15 @@ impl Default for EngineOptions {
     }
 }
 
+/// The batch size for a memory limit when the user sets none: DataFusion's 8192 rows unless
+/// each partition's share of the limit is small. Sorts merge their spill files a batch per file
+/// at a time in memory that cannot spill, so at 8 MiB per partition 8192-row batches of a wide
+/// table failed where 2048-row batches spilled and finished (100k claims rows, 16 MiB, 2 workers).
+pub fn batch_size_for(memory_limit: u64, workers: usize) -> usize {
+    let per_partition = memory_limit / workers.max(1) as u64;
+    (per_partition / 4096).clamp(1024, DEFAULT_BATCH_SIZE as u64) as usize
+}
+
 /// All cores this process may use.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism()
@@ -247,8 +256,7 @@ impl Engine {
 
     /// Split SQL text into statements (errors carry the line and column).
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        let statements = DFParser::parse_sql(sql)
-            .map_err(|e| Error::Query(crate::error::one_line(&e.to_string())))?;
+        let statements = DFParser::parse_sql(sql).map_err(Error::from)?;
         if statements.is_empty() {
             return Err(Error::Usage("no SQL statement given".into()));
         }
@@ -338,5 +346,17 @@ pub fn parse_spill_compression(text: &str) -> std::result::Result<SpillCompressi
         other => Err(format!(
             "unknown spill compression `{other}` (expected zstd, lz4_frame or uncompressed)"
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_shrink_only_when_each_partition_has_little_memory() {
+        assert_eq!(batch_size_for(12 << 30, 2), DEFAULT_BATCH_SIZE);
+        assert_eq!(batch_size_for(16 << 20, 2), 2048);
+        assert_eq!(batch_size_for(1 << 20, 4), 1024);
     }
 }

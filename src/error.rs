@@ -140,7 +140,7 @@ fn classify(error: &DataFusionError) -> Error {
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
         | DataFusionError::NotImplemented(_)
-        | DataFusionError::Diagnostic(..) => Error::Query(message),
+        | DataFusionError::Diagnostic(..) => Error::Query(with_end_position(message)),
         DataFusionError::Configuration(_) => Error::Usage(message),
         DataFusionError::ArrowError(..)
         | DataFusionError::ParquetError(_)
@@ -173,6 +173,19 @@ fn classify_object_store(error: &object_store::Error, message: String) -> Error 
             Error::Input(message)
         }
         _ => Error::Storage(message),
+    }
+}
+
+/// The SQL parser gives a line and column for every error but one at the end of the text.
+fn with_end_position(message: String) -> String {
+    let message = match message.strip_prefix("ParserError(\"") {
+        Some(inner) => inner.trim_end_matches("\")").replace("\\\"", "\""),
+        None => message,
+    };
+    if message.contains("found: EOF") && !message.contains("Line:") {
+        format!("{message} (at the end of the SQL)")
+    } else {
+        message
     }
 }
 

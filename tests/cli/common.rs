@@ -156,7 +156,6 @@ impl Workspace {
 pub struct Claim {
     pub claim_id: i64,
     pub member_id: String,
-    pub ndc: String,
     pub diagnosis_code: String,
     pub total_cost_cents: i64,
 }
@@ -176,10 +175,9 @@ pub fn read_claims_csv(folder: &Path) -> Vec<Claim> {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().expect("header").split(',').collect();
         let column = |name: &str| header.iter().position(|h| *h == name).expect(name);
-        let (id, member, ndc, dx, total) = (
+        let (id, member, dx, total) = (
             column("claim_id"),
             column("member_id"),
-            column("ndc"),
             column("diagnosis_code"),
             column("total_cost"),
         );
@@ -188,7 +186,6 @@ pub fn read_claims_csv(folder: &Path) -> Vec<Claim> {
             claims.push(Claim {
                 claim_id: fields[id].parse().expect("claim_id"),
                 member_id: fields[member].to_string(),
-                ndc: fields[ndc].to_string(),
                 diagnosis_code: fields[dx].to_string(),
                 total_cost_cents: cents(fields[total]),
             });
@@ -197,11 +194,10 @@ pub fn read_claims_csv(folder: &Path) -> Vec<Claim> {
     claims
 }
 
-/// `123.45` → 12345, exactly.
+/// `123.45` → 12345. Rounded, not truncated: without an explicit schema CSV money columns are
+/// inferred as floats, and their sums print as `63.849999999`.
 pub fn cents(text: &str) -> i64 {
-    let (whole, fraction) = text.split_once('.').unwrap_or((text, "0"));
-    let fraction = format!("{fraction:0<2}");
-    whole.parse::<i64>().expect("whole") * 100 + fraction[..2].parse::<i64>().expect("fraction")
+    (text.parse::<f64>().expect("a number") * 100.0).round() as i64
 }
 
 /// Parse CSV output (no quoting in our test data) into rows of fields, header dropped.

@@ -22,10 +22,14 @@ fn query(ws: &Workspace, sql: &str) -> crate::common::Outcome {
 #[test]
 fn bad_sql_names_the_position() {
     let ws = workspace();
+    let err = query(&ws, "SELECT dx FROM t GROUP dx")
+        .failure(QUERY)
+        .to_string();
+    assert!(err.contains("Line: 1, Column: 18"), "{err}");
     let err = query(&ws, "SELECT dx FROM t WHERE")
         .failure(QUERY)
         .to_string();
-    assert!(err.contains("Line: 1, Column"), "{err}");
+    assert!(err.contains("at the end of the SQL"), "{err}");
 }
 
 #[test]

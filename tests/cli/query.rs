@@ -263,7 +263,7 @@ fn a_sort_larger_than_the_memory_limit_spills_and_stays_correct() {
     claims.sort_by(|a, b| (&a.member_id, a.claim_id).cmp(&(&b.member_id, b.claim_id)));
     let out = ws.run(&[
         "--memory-limit",
-        "24MiB",
+        "8MiB",
         "--workers",
         "2",
         "--spill-dir",
@@ -336,7 +336,7 @@ fn explain_analyze_shows_spill_metrics() {
         "--analyze",
         "-t",
         "claims=claims/*.csv",
-        "SELECT member_id, claim_id FROM claims ORDER BY member_id, claim_id",
+        "SELECT * FROM claims ORDER BY member_id, claim_id",
     ]);
     let text = out.success();
     assert!(text.contains("SortExec"), "{text}");
