@@ -43,33 +43,33 @@ pub enum OutputFormat {
 impl OutputFormat {
     /// Parse a `--format` value.
     pub fn parse(text: &str) -> std::result::Result<OutputFormat, String> {
-        Ok(match text.trim().to_ascii_lowercase().as_str() {
-            "table" => OutputFormat::Table,
-            "csv" => OutputFormat::Csv,
-            "tsv" => OutputFormat::Tsv,
-            "json" => OutputFormat::Json,
-            "ndjson" | "jsonl" => OutputFormat::NdJson,
-            "parquet" => OutputFormat::Parquet,
-            "arrow" | "ipc" | "feather" => OutputFormat::Arrow,
-            other => {
-                return Err(format!(
-                    "unknown format `{other}` (expected table, csv, tsv, json, ndjson, parquet or arrow)"
-                ));
-            }
-        })
+        let name = text.trim().to_ascii_lowercase();
+        match name.as_str() {
+            "table" => Ok(OutputFormat::Table),
+            other => Self::by_name(other).ok_or_else(|| {
+                format!("unknown format `{other}` (expected table, csv, tsv, json, ndjson, parquet or arrow)")
+            }),
+        }
     }
 
-    /// The format a file name's extension asks for.
+    /// The format a file name's extension asks for (`.txt` holds the human table).
     pub fn from_path(path: &Path) -> Option<OutputFormat> {
         let extension = path.extension()?.to_str()?.to_ascii_lowercase();
-        Some(match extension.as_str() {
+        match extension.as_str() {
+            "txt" => Some(OutputFormat::Table),
+            other => Self::by_name(other),
+        }
+    }
+
+    /// The file formats, by the names that are both format names and file extensions.
+    fn by_name(name: &str) -> Option<OutputFormat> {
+        Some(match name {
             "csv" => OutputFormat::Csv,
             "tsv" => OutputFormat::Tsv,
             "json" => OutputFormat::Json,
             "ndjson" | "jsonl" => OutputFormat::NdJson,
             "parquet" => OutputFormat::Parquet,
             "arrow" | "ipc" | "feather" => OutputFormat::Arrow,
-            "txt" => OutputFormat::Table,
             _ => return None,
         })
     }

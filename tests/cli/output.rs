@@ -200,7 +200,10 @@ fn sigterm_cancels_promptly_and_leaves_no_output_or_spill_files() {
 
 /// Parse `peak RSS:      87.6 MiB` from `--stats` output, in MiB.
 fn peak_rss_mib(stderr: &str) -> f64 {
-    let line = stderr.lines().find(|l| l.starts_with("peak RSS:")).expect("a peak RSS line");
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("peak RSS:"))
+        .expect("a peak RSS line");
     let mut words = line.split_whitespace().skip(2);
     let value: f64 = words.next().expect("value").parse().expect("number");
     match words.next() {
@@ -233,5 +236,8 @@ fn a_large_result_streams_into_a_pipe_in_bounded_memory() {
     assert_eq!(sum, rows * (rows + 1) / 2);
     // About 100 MB of CSV went through; a process that held it would show it in its RSS.
     let peak = peak_rss_mib(&out.stderr);
-    assert!(peak < 90.0, "peak RSS {peak} MiB for a streamed 100 MB result");
+    assert!(
+        peak < 90.0,
+        "peak RSS {peak} MiB for a streamed 100 MB result"
+    );
 }
