@@ -6,7 +6,7 @@
 //! files agree with each other (naming both files and the column when they do not), and
 //! registers a `ListingTable`. Must not read table data beyond the bounded schema sample.
 
-use crate::config::{single_byte, ColumnType, TableSection};
+use crate::config::{single_byte, ColumnType, S3Settings, TableSection};
 use crate::error::{Error, Result};
 use crate::storage::{self, Location, ResolvedLocation};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -146,6 +146,8 @@ pub struct TableSpec {
     /// An explicit schema; `None` infers one from a bounded sample of each file.
     pub schema: Option<SchemaRef>,
     pub infer_rows: usize,
+    /// S3 settings of this table's bucket, over `[storage.s3]`.
+    pub s3: Option<S3Settings>,
 }
 
 impl TableSpec {
@@ -160,6 +162,7 @@ impl TableSpec {
             partition_columns: Vec::new(),
             schema: None,
             infer_rows: DEFAULT_INFER_ROWS,
+            s3: None,
         }
     }
 
@@ -205,6 +208,7 @@ impl TableSpec {
         spec.partition_columns = section.partition_columns.clone();
         spec.schema = section.columns(name)?.as_deref().map(explicit_schema);
         spec.infer_rows = section.infer_rows.unwrap_or(infer_rows);
+        spec.s3 = section.s3.clone();
         if spec.infer_rows == 0 {
             return Err(config_error("infer_rows", "must be at least 1".into()));
         }
@@ -247,12 +251,15 @@ pub async fn register(
     spec: &TableSpec,
 ) -> Result<RegisteredTable> {
     let in_table = |e: Error| e.context(format!("table `{}`", spec.name));
-    let location = Location::parse(&spec.location).map_err(in_table)?;
-    if !spec.partition_columns.is_empty() && location.pattern.is_some() {
-        return Err(in_table(Error::Usage(format!(
-            "a hive-partitioned table takes its root folder as location, not the glob `{}`",
-            spec.location
-        ))));
+    let mut location = Location::parse(&spec.location).map_err(in_table)?;
+    if !spec.partition_columns.is_empty() {
+        if location.pattern.is_some() {
+            return Err(in_table(Error::Usage(format!(
+                "a hive-partitioned table takes its root folder as location, not the glob `{}`",
+                spec.location
+            ))));
+        }
+        location = location.as_folder();
     }
     let mut resolved = storage::resolve(store, &location).await.map_err(in_table)?;
     let (format, compression, tab) = settle_format(spec, &resolved).map_err(in_table)?;
@@ -364,6 +371,9 @@ fn settle_format(
     let detected = std::iter::once(spec.location.as_str())
         .chain(resolved.files.iter().map(|meta| meta.location.as_ref()))
         .find_map(detect_from_name);
+    if spec.format.is_none() && spec.compression.is_none() && resolved.location.pattern.is_some() {
+        check_one_kind(&resolved.files)?;
+    }
     let format = spec
         .format
         .or(detected.map(|(format, _, _)| format))
@@ -385,6 +395,29 @@ fn settle_format(
     }
     let tab = detected.is_some_and(|(_, _, tab)| tab);
     Ok((format, compression, tab))
+}
+
+/// A glob's files must share one format and compression: DataFusion reads a table one way.
+fn check_one_kind(files: &[ObjectMeta]) -> Result<()> {
+    let mut first: Option<(&ObjectMeta, (TableFormat, Compression))> = None;
+    for meta in files {
+        let Some((format, compression, _)) = meta.location.filename().and_then(detect_from_name)
+        else {
+            continue;
+        };
+        match first {
+            None => first = Some((meta, (format, compression))),
+            Some((seen, kind)) if kind != (format, compression) => {
+                return Err(Error::Input(format!(
+                    "files `{}` and `{}` are of different formats or compressions; \
+                     narrow the glob so one table reads one kind of file",
+                    seen.location, meta.location
+                )));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// The file name ending that a folder's data files have: `.csv.gz`, `.parquet`, ...

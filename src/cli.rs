@@ -235,6 +235,7 @@ pub fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<EngineOp
         options.spill_compression = parse_spill_compression(text).map_err(|e| origin.error(e))?;
     }
     options.spill_dir = args.spill_dir.clone().or_else(|| file.spill_dir.clone());
+    options.s3 = config.storage.s3.clone();
     if let Some((workers, origin)) =
         pick(&args.workers, &file.workers, "--workers", "engine.workers")
     {
@@ -370,6 +371,9 @@ pub fn sql_text(args: &SqlArgs) -> Result<String> {
 /// The output: `-o` (format from its extension unless --format says) or stdout.
 pub fn output_spec(args: &QueryArgs) -> Result<OutputSpec> {
     let destination = match &args.output {
+        Some(path) if path.to_string_lossy().starts_with("s3://") => {
+            Destination::Object(path.to_string_lossy().into_owned())
+        }
         Some(path) => Destination::File(path.clone()),
         None => Destination::Stdout,
     };

@@ -24,6 +24,96 @@ pub struct ConfigFile {
     pub engine: EngineSection,
     #[serde(default)]
     pub tables: BTreeMap<String, TableSection>,
+    #[serde(default)]
+    pub storage: StorageSection,
+}
+
+/// `[storage]`: settings of object stores, shared by every table that does not override them.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageSection {
+    #[serde(default)]
+    pub s3: S3Settings,
+}
+
+/// A secret from the config: never shown by `Debug` or in any message.
+#[derive(Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The secret itself, for handing to the store client only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// `[storage.s3]` and `[tables.NAME.s3]`: how to reach an S3-compatible store. Unset values
+/// fall back to the table's, then the global section's, then the standard `AWS_*` variables.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// `http://127.0.0.1:9000` for MinIO or s3s, `https://<account>.r2.cloudflarestorage.com`, ...
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
+    /// A profile of `~/.aws/credentials` and `~/.aws/config` (default: `AWS_PROFILE`).
+    pub profile: Option<String>,
+    /// Allow a plain `http://` endpoint.
+    pub allow_http: Option<bool>,
+    /// `bucket.endpoint/key` addressing instead of `endpoint/bucket/key`.
+    pub virtual_hosted_style: Option<bool>,
+    /// Send unsigned requests (public buckets): no credentials are looked for.
+    pub unsigned: Option<bool>,
+    /// Time allowed for one request, in seconds.
+    pub timeout_seconds: Option<u64>,
+    pub connect_timeout_seconds: Option<u64>,
+    /// Retries of a failed request (5xx, timeouts), with exponential backoff.
+    pub max_retries: Option<usize>,
+    /// Upper bound on the time spent retrying one request, in seconds.
+    pub retry_timeout_seconds: Option<u64>,
+}
+
+impl S3Settings {
+    /// These settings, with unset values taken from `fallback`.
+    pub fn over(&self, fallback: &S3Settings) -> S3Settings {
+        fn pick<T: Clone>(first: &Option<T>, second: &Option<T>) -> Option<T> {
+            first.clone().or_else(|| second.clone())
+        }
+        S3Settings {
+            endpoint: pick(&self.endpoint, &fallback.endpoint),
+            region: pick(&self.region, &fallback.region),
+            access_key_id: pick(&self.access_key_id, &fallback.access_key_id),
+            secret_access_key: pick(&self.secret_access_key, &fallback.secret_access_key),
+            session_token: pick(&self.session_token, &fallback.session_token),
+            profile: pick(&self.profile, &fallback.profile),
+            allow_http: pick(&self.allow_http, &fallback.allow_http),
+            virtual_hosted_style: pick(&self.virtual_hosted_style, &fallback.virtual_hosted_style),
+            unsigned: pick(&self.unsigned, &fallback.unsigned),
+            timeout_seconds: pick(&self.timeout_seconds, &fallback.timeout_seconds),
+            connect_timeout_seconds: pick(
+                &self.connect_timeout_seconds,
+                &fallback.connect_timeout_seconds,
+            ),
+            max_retries: pick(&self.max_retries, &fallback.max_retries),
+            retry_timeout_seconds: pick(
+                &self.retry_timeout_seconds,
+                &fallback.retry_timeout_seconds,
+            ),
+        }
+    }
 }
 
 /// `[engine]`: memory, spilling and parallelism.
@@ -66,6 +156,8 @@ pub struct TableSection {
     pub schema: Option<toml::Table>,
     /// Rows read per file to infer the schema (overrides `[engine] infer_rows`).
     pub infer_rows: Option<usize>,
+    /// S3 settings for this table's bucket, over `[storage.s3]`.
+    pub s3: Option<S3Settings>,
 }
 
 impl ConfigFile {
@@ -345,5 +437,43 @@ mod tests {
         let columns = config.tables["t"].columns("t").unwrap().unwrap();
         let names: Vec<_> = columns.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["zeta", "alpha"]);
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_never_show_in_debug_output() {
+        let config = ConfigFile::parse(
+            "[storage.s3]\nsecret_access_key = \"hunter2\"\nsession_token = \"tok3n\"\n",
+        )
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok3n"),
+            "{shown}"
+        );
+        assert_eq!(
+            config.storage.s3.secret_access_key.unwrap().expose(),
+            "hunter2"
+        );
+    }
+
+    #[test]
+    fn table_settings_override_global_ones_field_by_field() {
+        let global = S3Settings {
+            endpoint: Some("http://global".into()),
+            region: Some("eu-west-1".into()),
+            ..S3Settings::default()
+        };
+        let table = S3Settings {
+            region: Some("us-east-2".into()),
+            ..S3Settings::default()
+        };
+        let merged = table.over(&global);
+        assert_eq!(merged.endpoint.as_deref(), Some("http://global"));
+        assert_eq!(merged.region.as_deref(), Some("us-east-2"));
     }
 }

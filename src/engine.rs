@@ -8,8 +8,10 @@
 //! formats: callers pull `RecordBatch`es from [`RunningQuery::stream`].
 
 use crate::catalog::{self, RegisteredTable, TableSpec};
+use crate::config::S3Settings;
 use crate::error::{Error, Result};
-use crate::storage::{self, StoreCounters};
+use crate::output::ObjectTarget;
+use crate::storage::{self, Location, StoreCounters};
 use datafusion::common::config::SpillCompression;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{
@@ -22,11 +24,13 @@ use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use object_store::ObjectStore;
+use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::Mutex;
 
 /// The default memory limit: this share of the machine's (or cgroup's) memory. The rest is
 /// headroom for what DataFusion does not track (decoding buffers, hash tables' slack, the
@@ -48,6 +52,8 @@ pub struct EngineOptions {
     pub workers: usize,
     pub batch_size: usize,
     pub spill_compression: SpillCompression,
+    /// `[storage.s3]`: settings of every S3 bucket a table does not configure itself.
+    pub s3: S3Settings,
 }
 
 impl Default for EngineOptions {
@@ -62,6 +68,7 @@ impl Default for EngineOptions {
             // lz4 costs little CPU and still shrinks spilled claims data several times over;
             // zstd shrinks more but its CPU cost shows on a 2-core machine.
             spill_compression: SpillCompression::Lz4Frame,
+            s3: S3Settings::default(),
         }
     }
 }
@@ -160,6 +167,8 @@ pub struct Engine {
     pool: Arc<PeakPool>,
     counters: Arc<StoreCounters>,
     local_store: Arc<dyn ObjectStore>,
+    /// One store per bucket, with the settings it was built from.
+    s3_stores: Mutex<HashMap<String, (S3Settings, Arc<dyn ObjectStore>)>>,
     tables: Vec<RegisteredTable>,
     options: EngineOptions,
 }
@@ -202,6 +211,7 @@ impl Engine {
             pool,
             counters,
             local_store,
+            s3_stores: Mutex::new(HashMap::new()),
             tables: Vec::new(),
             options,
         })
@@ -243,15 +253,69 @@ impl Engine {
 
     /// Register a table; errors name the table.
     pub async fn register_table(&mut self, spec: &TableSpec) -> Result<()> {
-        let store = self.store_for(&spec.location);
+        let location = Location::parse(&spec.location)
+            .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
+        let store = self
+            .store_for(&location, spec.s3.as_ref())
+            .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
         let registered = catalog::register(&self.ctx, &store, spec).await?;
         self.tables.retain(|table| table.spec.name != spec.name);
         self.tables.push(registered);
         Ok(())
     }
 
-    fn store_for(&self, _location: &str) -> Arc<dyn ObjectStore> {
-        self.local_store.clone()
+    /// The store a location lives in, made (and registered with DataFusion) on first use.
+    /// `table` settings override `[storage.s3]`; two tables may not configure one bucket
+    /// differently, since DataFusion keeps one store per bucket.
+    pub fn store_for(
+        &self,
+        location: &Location,
+        table: Option<&S3Settings>,
+    ) -> Result<Arc<dyn ObjectStore>> {
+        let Some(bucket) = location.bucket() else {
+            return Ok(self.local_store.clone());
+        };
+        let settings = match table {
+            Some(own) => own.over(&self.options.s3),
+            None => self.options.s3.clone(),
+        };
+        let mut stores = self
+            .s3_stores
+            .lock()
+            .map_err(|_| Error::Internal("store registry poisoned".into()))?;
+        if let Some((existing, store)) = stores.get(bucket) {
+            if *existing == settings {
+                return Ok(store.clone());
+            }
+            return Err(Error::Config(format!(
+                "bucket `{bucket}` is given two different sets of S3 settings; \
+                 tables in one bucket must share them"
+            )));
+        }
+        let store = storage::s3_store(bucket, &settings, self.counters.clone())?;
+        let url = url::Url::parse(&format!("s3://{bucket}"))
+            .map_err(|e| Error::Usage(format!("bucket `{bucket}`: {e}")))?;
+        self.ctx
+            .runtime_env()
+            .register_object_store(&url, store.clone());
+        stores.insert(bucket.to_string(), (settings, store.clone()));
+        Ok(store)
+    }
+
+    /// Where an `s3://bucket/key` output goes: the bucket's store (configured by
+    /// `[storage.s3]`) and the key.
+    pub fn object_target(&self, url: &str) -> Result<ObjectTarget> {
+        let location = Location::parse(url).map_err(|e| e.context("-o"))?;
+        if location.pattern.is_some() || location.is_folder() {
+            return Err(Error::Usage(format!(
+                "-o {url}: name an object, not a folder or glob"
+            )));
+        }
+        let store = self.store_for(&location, None)?;
+        Ok(ObjectTarget {
+            store,
+            path: location.prefix()?,
+        })
     }
 
     /// Split SQL text into statements (errors carry the line and column).

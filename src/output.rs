@@ -14,8 +14,11 @@ use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression as ParquetCompression;
 use datafusion::parquet::file::properties::WriterProperties;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Batches in flight between the query and the writer thread.
@@ -90,6 +93,14 @@ impl OutputFormat {
 pub enum Destination {
     Stdout,
     File(PathBuf),
+    /// An object URL such as `s3://bucket/key.parquet`.
+    Object(String),
+}
+
+/// The store and key an `Object` destination resolves to (the engine knows the stores).
+pub struct ObjectTarget {
+    pub store: Arc<dyn ObjectStore>,
+    pub path: StorePath,
 }
 
 /// What to write and where.
@@ -124,8 +135,20 @@ pub struct Sink {
 impl Sink {
     /// Open the destination now (so an unwritable path fails before the query runs) and start
     /// the writer thread.
-    pub fn open(spec: &OutputSpec, schema: SchemaRef) -> Result<Sink> {
-        let target = Target::open(&spec.destination)?;
+    pub async fn open(
+        spec: &OutputSpec,
+        schema: SchemaRef,
+        object: Option<ObjectTarget>,
+    ) -> Result<Sink> {
+        let target = match (&spec.destination, object) {
+            (Destination::Object(url), Some(object)) => {
+                Target::Object(ObjectUpload::start(url, object).await?)
+            }
+            (Destination::Object(url), None) => {
+                return Err(Error::Internal(format!("no store resolved for {url}")));
+            }
+            (destination, _) => Target::open(destination)?,
+        };
         let writer = FormatWriter::new(spec, schema, target)?;
         let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
         let worker = std::thread::Builder::new()
@@ -238,6 +261,96 @@ enum Target {
         temp: BufWriter<tempfile::NamedTempFile>,
         path: PathBuf,
     },
+    Object(ObjectUpload),
+}
+
+/// Concurrent part uploads in flight per object.
+const UPLOAD_CONCURRENCY: usize = 4;
+
+/// Bytes gathered before they are handed to the upload as parts.
+const UPLOAD_CHUNK_BYTES: usize = 8 << 20;
+
+/// A multipart upload: the object appears only when [`ObjectUpload::complete`] succeeds; dropped
+/// before that, the upload is aborted so no parts are left behind. Bytes are gathered into
+/// chunks and pushed from the writer thread, which blocks on the runtime for upload capacity
+/// (small writes made while the sink is being opened, on a runtime thread, only gather).
+struct ObjectUpload {
+    upload: Option<WriteMultipart>,
+    pending: Vec<u8>,
+    runtime: tokio::runtime::Handle,
+    url: String,
+}
+
+impl ObjectUpload {
+    async fn start(url: &str, target: ObjectTarget) -> Result<ObjectUpload> {
+        let upload = target
+            .store
+            .put_multipart(&target.path)
+            .await
+            .map_err(|e| crate::storage::store_error(url, e).context("cannot start the upload"))?;
+        Ok(ObjectUpload {
+            upload: Some(WriteMultipart::new(upload)),
+            pending: Vec::new(),
+            runtime: tokio::runtime::Handle::current(),
+            url: url.to_string(),
+        })
+    }
+
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.pending.extend_from_slice(buf);
+        if self.pending.len() >= UPLOAD_CHUNK_BYTES {
+            self.push()?;
+        }
+        Ok(buf.len())
+    }
+
+    /// Hand the gathered bytes to the upload, waiting while too many parts are in flight.
+    fn push(&mut self) -> io::Result<()> {
+        let upload = self
+            .upload
+            .as_mut()
+            .ok_or_else(|| io::Error::other("upload already finished"))?;
+        // Part uploads are spawned on the runtime; the guard lets this thread spawn them.
+        let _inside = self.runtime.enter();
+        self.runtime
+            .block_on(upload.wait_for_capacity(UPLOAD_CONCURRENCY))
+            .map_err(io::Error::other)?;
+        upload.put(bytes::Bytes::from(std::mem::take(&mut self.pending)));
+        Ok(())
+    }
+
+    fn complete(mut self) -> Result<()> {
+        self.push()
+            .map_err(|e| Error::Storage(format!("`{}`: {e}", self.url)))?;
+        if let Some(upload) = self.upload.take() {
+            let _inside = self.runtime.enter();
+            self.runtime
+                .block_on(upload.finish())
+                .map_err(|e| crate::storage::store_error(&self.url, e))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for ObjectUpload {
+    fn drop(&mut self) {
+        let Some(upload) = self.upload.take() else {
+            return;
+        };
+        let url = self.url.clone();
+        let abort = async move {
+            if let Err(error) = upload.abort().await {
+                tracing::warn!("could not abort the upload to {url}: {error}");
+            }
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            // On a runtime thread (the sink failed while opening): cannot block here.
+            self.runtime.spawn(abort);
+        } else {
+            let _inside = self.runtime.enter();
+            self.runtime.block_on(abort);
+        }
+    }
 }
 
 impl Target {
@@ -247,6 +360,7 @@ impl Target {
                 1 << 16,
                 io::stdout(),
             ))),
+            Destination::Object(url) => Err(Error::Internal(format!("{url} needs a store"))),
             Destination::File(path) => {
                 let cannot = |e: &dyn std::fmt::Display| {
                     Error::Output(format!("cannot write {}: {e}", path.display()))
@@ -292,6 +406,7 @@ impl Target {
                 temp.persist(&path).map_err(|e| failed(&e.error))?;
                 Ok(())
             }
+            Target::Object(upload) => upload.complete(),
         }
     }
 
@@ -299,6 +414,7 @@ impl Target {
         match self {
             Target::Stdout(_) => "stdout".into(),
             Target::File { path, .. } => path.display().to_string(),
+            Target::Object(upload) => upload.url.clone(),
         }
     }
 }
@@ -308,12 +424,14 @@ impl Write for Target {
         match self {
             Target::Stdout(out) => out.write(buf),
             Target::File { temp, .. } => temp.write(buf),
+            Target::Object(upload) => upload.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Target::Stdout(out) => out.flush(),
             Target::File { temp, .. } => temp.flush(),
+            Target::Object(_) => Ok(()),
         }
     }
 }

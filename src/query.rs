@@ -96,7 +96,11 @@ pub async fn run_statement(
     let started = Instant::now();
     let schema = plan.schema().inner().clone();
     // Open the output first: an unwritable path fails before any work is done.
-    let mut sink = Sink::open(&options.output, schema)?;
+    let object = match &options.output.destination {
+        Destination::Object(url) => Some(engine.object_target(url)?),
+        _ => None,
+    };
+    let mut sink = Sink::open(&options.output, schema, object).await?;
     let bytes_before = engine.counters().bytes();
     let requests_before = engine.counters().requests();
     let mut running = engine.execute(plan).await?;

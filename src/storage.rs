@@ -9,6 +9,7 @@
 //!
 //! Must not print or log secrets; must not read table data (the catalog and engine do).
 
+use crate::config::{S3Settings, Secret};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -16,7 +17,9 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::stream::{BoxStream, TryStreamExt};
 use globset::{Glob, GlobMatcher};
+use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as StorePath;
+use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
@@ -25,6 +28,7 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use url::Url;
 
 /// Characters that make a path segment a glob pattern.
@@ -61,12 +65,62 @@ impl Location {
         if let Some(rest) = text.strip_prefix("file://") {
             return Self::parse_local(text, rest);
         }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            return Self::parse_s3(text, rest);
+        }
         if text.contains("://") {
             return Err(Error::Usage(format!(
-                "location `{text}`: only local paths are supported in this build"
+                "location `{text}`: unknown scheme (local paths, file:// and s3:// are supported)"
             )));
         }
         Self::parse_local(text, text)
+    }
+
+    fn parse_s3(original: &str, rest: &str) -> Result<Location> {
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(Error::Usage(format!(
+                "location `{original}`: no bucket name"
+            )));
+        }
+        let (prefix, pattern) = split_glob(key);
+        let store_url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
+        let mut base = Url::parse(&format!("s3://{bucket}/"))
+            .map_err(|e| Error::Usage(format!("location `{original}`: {e}")))?;
+        let as_folder = pattern.is_some() || prefix.is_empty() || prefix.ends_with('/');
+        let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
+        {
+            let mut path = base
+                .path_segments_mut()
+                .map_err(|()| Error::Usage(format!("location `{original}` is not a valid URL")))?;
+            path.clear().extend(&segments);
+            if as_folder && !segments.is_empty() {
+                path.push("");
+            }
+        }
+        Ok(Location {
+            original: original.to_string(),
+            store_url,
+            base,
+            pattern: pattern.map(str::to_string),
+        })
+    }
+
+    /// The bucket of an `s3://` location.
+    pub fn bucket(&self) -> Option<&str> {
+        (self.base.scheme() == "s3")
+            .then(|| self.base.host_str())
+            .flatten()
+    }
+
+    /// The same location seen as a folder (for a key that turned out to be a prefix).
+    pub fn as_folder(&self) -> Location {
+        let mut folder = self.clone();
+        if !folder.base.path().ends_with('/') {
+            let path = format!("{}/", folder.base.path());
+            folder.base.set_path(&path);
+        }
+        folder
     }
 
     fn parse_local(original: &str, path: &str) -> Result<Location> {
@@ -157,13 +211,29 @@ pub async fn resolve(
     store: &Arc<dyn ObjectStore>,
     location: &Location,
 ) -> Result<ResolvedLocation> {
+    let mut location = location.clone();
     let prefix = location.prefix()?;
     let files = if location.is_folder() {
-        list_matching(store, location, &prefix).await?
+        list_matching(store, &location, &prefix).await?
     } else {
         match store.head(&prefix).await {
             Ok(meta) => vec![meta],
+            // An object store has no folders: a key that is not an object may be a prefix.
+            Err(object_store::Error::NotFound { .. }) if location.bucket().is_some() => {
+                location = location.as_folder();
+                list_matching(store, &location, &prefix).await?
+            }
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
+            // Some S3-compatible servers answer HEAD on a "folder" with an error, not 404.
+            Err(e) if location.bucket().is_some() => {
+                let folder = location.as_folder();
+                let files = list_matching(store, &folder, &prefix).await?;
+                if files.is_empty() {
+                    return Err(store_error(&location.original, e));
+                }
+                location = folder;
+                files
+            }
             Err(e) => return Err(store_error(&location.original, e)),
         }
     };
@@ -177,10 +247,7 @@ pub async fn resolve(
         };
         return Err(Error::Input(format!("{what} `{}`", location.original)));
     }
-    Ok(ResolvedLocation {
-        location: location.clone(),
-        files,
-    })
+    Ok(ResolvedLocation { location, files })
 }
 
 async fn list_matching(
@@ -375,6 +442,163 @@ pub fn total_bytes(files: &[ObjectMeta]) -> u64 {
     files.iter().map(|meta| meta.size).sum()
 }
 
+/// Request timeout, connect timeout, retries and the bound on retrying, unless configured.
+const S3_TIMEOUT: Duration = Duration::from_secs(30);
+const S3_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const S3_MAX_RETRIES: usize = 4;
+const S3_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// An S3 store for one bucket. Settings come from `settings` (table over `[storage.s3]`), then an
+/// AWS profile, then the standard `AWS_*` variables. A region is always set, so nothing ever asks
+/// AWS where a bucket lives (offline, that would hang).
+pub fn s3_store(
+    bucket: &str,
+    settings: &S3Settings,
+    counters: Arc<StoreCounters>,
+) -> Result<Arc<dyn ObjectStore>> {
+    let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let profile_name = settings
+        .profile
+        .clone()
+        .or_else(|| std::env::var("AWS_PROFILE").ok());
+    let profile = match &profile_name {
+        Some(name) => aws_profile(name)?,
+        None => AwsProfile::default(),
+    };
+    let seconds =
+        |value: Option<u64>, default: Duration| value.map_or(default, Duration::from_secs);
+    let endpoint = settings.endpoint.clone().or(profile.endpoint);
+    let allow_http = settings.allow_http.unwrap_or_else(|| {
+        endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+    });
+    builder = builder
+        .with_client_options(
+            ClientOptions::new()
+                .with_timeout(seconds(settings.timeout_seconds, S3_TIMEOUT))
+                .with_connect_timeout(seconds(
+                    settings.connect_timeout_seconds,
+                    S3_CONNECT_TIMEOUT,
+                ))
+                .with_allow_http(allow_http),
+        )
+        .with_retry(RetryConfig {
+            backoff: BackoffConfig::default(),
+            max_retries: settings.max_retries.unwrap_or(S3_MAX_RETRIES),
+            retry_timeout: seconds(settings.retry_timeout_seconds, S3_RETRY_TIMEOUT),
+        })
+        .with_allow_http(allow_http);
+    if let Some(endpoint) = endpoint {
+        builder = builder.with_endpoint(endpoint);
+    }
+    let region = settings
+        .region
+        .clone()
+        .or(profile.region)
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .unwrap_or_else(|| "us-east-1".to_string());
+    builder = builder.with_region(region);
+    if let Some(key) = settings.access_key_id.clone().or(profile.access_key_id) {
+        builder = builder.with_access_key_id(key);
+    }
+    if let Some(secret) = settings
+        .secret_access_key
+        .clone()
+        .or(profile.secret_access_key)
+    {
+        builder = builder.with_secret_access_key(secret.expose());
+    }
+    if let Some(token) = settings.session_token.clone().or(profile.session_token) {
+        builder = builder.with_token(token.expose());
+    }
+    if let Some(virtual_hosted) = settings.virtual_hosted_style {
+        builder = builder.with_virtual_hosted_style_request(virtual_hosted);
+    }
+    if settings.unsigned == Some(true) {
+        builder = builder.with_skip_signature(true);
+    }
+    // The builder's errors name a setting, never its value.
+    let store = builder.build().map_err(|e| {
+        Error::Config(format!(
+            "S3 settings for bucket `{bucket}`: {}",
+            crate::error::one_line(&e.to_string())
+        ))
+    })?;
+    Ok(Arc::new(CountingStore::new(Arc::new(store), counters)))
+}
+
+/// What an AWS profile says (`~/.aws/credentials` and `~/.aws/config`).
+#[derive(Default)]
+struct AwsProfile {
+    access_key_id: Option<String>,
+    secret_access_key: Option<Secret>,
+    session_token: Option<Secret>,
+    region: Option<String>,
+    endpoint: Option<String>,
+}
+
+/// Read a named profile. The files are INI; the handful of keys Spillway needs do not justify
+/// the AWS SDK (object_store reads no profiles), so they are read by hand.
+fn aws_profile(name: &str) -> Result<AwsProfile> {
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
+    let file = |variable: &str, default: &str| {
+        std::env::var_os(variable)
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| home.join(default))
+    };
+    let credentials_path = file("AWS_SHARED_CREDENTIALS_FILE", ".aws/credentials");
+    let config_path = file("AWS_CONFIG_FILE", ".aws/config");
+    let credentials = std::fs::read_to_string(&credentials_path).unwrap_or_default();
+    let config = std::fs::read_to_string(&config_path).unwrap_or_default();
+    let config_section = if name == "default" {
+        name.to_string()
+    } else {
+        format!("profile {name}")
+    };
+    let pairs: Vec<(String, String)> = ini_section(&credentials, name)
+        .into_iter()
+        .chain(ini_section(&config, &config_section))
+        .collect();
+    if pairs.is_empty() {
+        return Err(Error::Config(format!(
+            "AWS profile `{name}` is in neither {} nor {}",
+            credentials_path.display(),
+            config_path.display()
+        )));
+    }
+    let get = |key: &str| pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    Ok(AwsProfile {
+        access_key_id: get("aws_access_key_id"),
+        secret_access_key: get("aws_secret_access_key").map(Secret::new),
+        session_token: get("aws_session_token").map(Secret::new),
+        region: get("region"),
+        endpoint: get("endpoint_url"),
+    })
+}
+
+/// The `key = value` pairs of one `[section]` of an INI text.
+fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
+    let mut inside = false;
+    let mut pairs = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(header) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = header.trim() == section;
+        } else if inside {
+            if let Some((key, value)) = line.split_once('=') {
+                pairs.push((key.trim().to_string(), value.trim().to_string()));
+            }
+        }
+    }
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,6 +613,33 @@ mod tests {
         assert_eq!(split_glob("/a/{x,y}/f.csv"), ("/a/", Some("{x,y}/f.csv")));
         assert_eq!(split_glob("*.parquet"), ("", Some("*.parquet")));
         assert_eq!(split_glob("/a/b.csv"), ("/a/b.csv", None));
+    }
+
+    #[test]
+    fn s3_locations_split_bucket_prefix_and_glob() {
+        let location = Location::parse("s3://claims/2024/part-*.csv").unwrap();
+        assert_eq!(location.bucket(), Some("claims"));
+        assert_eq!(location.prefix().unwrap().as_ref(), "2024");
+        assert_eq!(location.pattern.as_deref(), Some("part-*.csv"));
+        assert!(location.is_folder());
+        let file = Location::parse("s3://claims/dir with space/naïve.csv").unwrap();
+        assert_eq!(file.prefix().unwrap().as_ref(), "dir with space/naïve.csv");
+        assert!(!file.is_folder());
+        assert!(Location::parse("s3:///x.csv").is_err());
+    }
+
+    #[test]
+    fn profiles_are_read_from_ini_sections() {
+        let text = "[default]\nregion = eu-west-1\n\n[profile ci]\n# comment\nregion = us-east-2\nendpoint_url = http://127.0.0.1:9000\n";
+        let expected = vec![
+            ("region".to_string(), "us-east-2".to_string()),
+            (
+                "endpoint_url".to_string(),
+                "http://127.0.0.1:9000".to_string(),
+            ),
+        ];
+        assert_eq!(ini_section(text, "profile ci"), expected);
+        assert_eq!(ini_section(text, "default").len(), 1);
     }
 
     #[test]

@@ -186,3 +186,15 @@ fn help_documents_the_exit_codes() {
         assert!(text.contains(line), "{text}");
     }
 }
+
+#[test]
+fn a_glob_over_files_of_different_kinds_names_two_of_them() {
+    let ws = workspace();
+    ws.write("k/a.csv", "dx,cost\nA,1\n");
+    ws.write("k/b.csv.gz", "not really gzip");
+    let err = ws
+        .run(&["query", "-t", "t=k/*", "SELECT * FROM t"])
+        .failure(INPUT)
+        .to_string();
+    assert!(err.contains("a.csv") && err.contains("b.csv.gz"), "{err}");
+}

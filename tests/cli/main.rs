@@ -5,3 +5,4 @@ mod common;
 mod errors;
 mod output;
 mod query;
+mod s3;
