@@ -6,8 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 rows=${1:-10000000}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/spillway-target}"
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/spillway"
+# SPILLWAY_BIN measures a given binary instead of building this checkout.
+if [ -z "${SPILLWAY_BIN:-}" ]; then cargo build --release --quiet; fi
+bin="${SPILLWAY_BIN:-$CARGO_TARGET_DIR/release/spillway}"
 dir="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/core-$rows"
 rm -rf "$dir"; mkdir -p "$dir"
 

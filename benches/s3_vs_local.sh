@@ -8,8 +8,9 @@ rows=${1:-10000000}; repeats=${2:-3}
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/spillway-target}"
 export AWS_METADATA_ENDPOINT=http://127.0.0.1:9
 command -v s3s-fs >/dev/null || export PATH="$HOME/.cargo/bin:$PATH"
-cargo build --release --quiet
-bin="$CARGO_TARGET_DIR/release/spillway"
+# SPILLWAY_BIN measures a given binary instead of building this checkout.
+if [ -z "${SPILLWAY_BIN:-}" ]; then cargo build --release --quiet; fi
+bin="${SPILLWAY_BIN:-$CARGO_TARGET_DIR/release/spillway}"
 dir="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/s3-$rows"
 mkdir -p "$dir/root/claims"
 for format in csv parquet; do
