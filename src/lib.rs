@@ -16,5 +16,7 @@ pub mod gen;
 pub mod output;
 pub mod progress;
 pub mod query;
+pub mod report;
+pub mod schedule;
 pub mod stats;
 pub mod storage;
