@@ -1,9 +1,20 @@
--- Generic dispensing rate by pharmacy (pharmacies with at least 50 fills), lowest first
+/* report
+name = "generic_dispensing_rate"
+description = "Generic dispensing rate by pharmacy, for pharmacies with enough fills, lowest rate first"
+output = "reports/{name}/{scheduled_date}.csv"
+format = "csv"
+schedule = { cron = "0 6 * * 1", timezone = "America/New_York" }
+
+[params.min_fills]
+type = "int"
+default = 50
+description = "Only pharmacies with at least this many fills"
+*/
 SELECT pharmacy_npi,
        count(*) AS fills,
-       avg(CASE WHEN brand_generic = 'G' THEN 1.0 ELSE 0.0 END) AS generic_rate
+       CAST(sum(CASE WHEN brand_generic = 'G' THEN 1 ELSE 0 END) AS DOUBLE)
+           / CAST(count(*) AS DOUBLE) AS generic_rate
 FROM claims
 GROUP BY pharmacy_npi
-HAVING count(*) >= 50
-ORDER BY generic_rate, pharmacy_npi
-LIMIT 50;
+HAVING count(*) >= $min_fills
+ORDER BY generic_rate, pharmacy_npi;

@@ -540,13 +540,15 @@ async fn infer_schema(
     table_format: TableFormat,
     resolved: &ResolvedLocation,
 ) -> Result<SchemaRef> {
-    let state = ctx.state();
-    let schemas: Vec<(String, SchemaRef)> = futures::stream::iter(resolved.files.iter())
+    // Each future owns what it uses: futures that borrow from a closure's environment are not
+    // provably `Send`, and report runs execute on spawned tasks.
+    let state = Arc::new(ctx.state());
+    let schemas: Vec<(String, SchemaRef)> = futures::stream::iter(resolved.files.clone())
         .map(|meta| {
-            let state = &state;
+            let (state, store, format) = (state.clone(), store.clone(), format.clone());
             async move {
                 let schema = format
-                    .infer_schema(state, store, std::slice::from_ref(meta))
+                    .infer_schema(state.as_ref(), &store, std::slice::from_ref(&meta))
                     .await
                     .map_err(|e| Error::from(e).context(format!("file `{}`", meta.location)))?;
                 Ok::<_, Error>((meta.location.to_string(), schema))

@@ -74,6 +74,100 @@ pub enum Command {
     /// Generate a sample claims set (cached) and run the queries in queries/ over it
     #[command(after_help = EXIT_CODES_HELP)]
     Demo(DemoArgs),
+    /// Saved, parameterised reports (the .sql files with a `/* report ... */` header)
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Run scheduled reports: a daemon that fires each report on its cron schedule
+    #[command(after_help = EXIT_CODES_HELP)]
+    Schedule(ScheduleArgs),
+}
+
+/// Where reports and their tables come from.
+#[derive(Debug, Args)]
+pub struct ReportSource {
+    /// Folder of report .sql files [default: `[reports] folder`, else queries]
+    #[arg(long, value_name = "DIR")]
+    pub queries: Option<PathBuf>,
+    /// Run history database [default: `[reports] history`, else .spillway/history.sqlite]
+    #[arg(long, value_name = "FILE")]
+    pub history: Option<PathBuf>,
+    /// A table: NAME=LOCATION (as for `query`); config tables are registered too
+    #[arg(short = 't', long = "table", value_name = "NAME=LOCATION")]
+    pub tables: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ReportCommand {
+    /// List reports with their schedules and next three fire times
+    List(ReportSourceArgs),
+    /// Show a report's header, parameters and SQL
+    Show(ReportNameArgs),
+    /// Parse and plan reports against the catalog without running them
+    #[command(after_help = EXIT_CODES_HELP)]
+    Validate(ReportValidateArgs),
+    /// Run a report now, or for a past scheduled time (--at) as a backfill
+    #[command(after_help = EXIT_CODES_HELP)]
+    Run(ReportRunArgs),
+    /// Past runs, newest first
+    History(ReportHistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportSourceArgs {
+    #[command(flatten)]
+    pub source: ReportSource,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportNameArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub source: ReportSource,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportValidateArgs {
+    /// A report name [default: every report]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub source: ReportSource,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportRunArgs {
+    pub name: String,
+    /// A parameter value: NAME=VALUE (lists comma-separated); repeatable
+    #[arg(short = 'p', long = "param", value_name = "NAME=VALUE")]
+    pub params: Vec<String>,
+    /// The scheduled time to run for: YYYY-MM-DD (midnight in the report's zone) or RFC 3339
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    #[command(flatten)]
+    pub source: ReportSource,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportHistoryArgs {
+    /// Only this report's runs
+    pub name: Option<String>,
+    /// Newest N runs
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[command(flatten)]
+    pub source: ReportSource,
+}
+
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    #[command(flatten)]
+    pub source: ReportSource,
+    /// After downtime: run_latest runs the most recent missed firing once; skip runs none
+    /// [default: `[reports] missed_runs`, else run_latest]
+    #[arg(long, value_name = "POLICY")]
+    pub missed_runs: Option<String>,
+    /// On SIGTERM, seconds running reports may take to finish before they are cancelled
+    #[arg(long, value_name = "SECONDS")]
+    pub grace: Option<u64>,
 }
 
 /// Where the SQL and the tables come from.

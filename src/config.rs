@@ -26,6 +26,22 @@ pub struct ConfigFile {
     pub tables: BTreeMap<String, TableSection>,
     #[serde(default)]
     pub storage: StorageSection,
+    #[serde(default)]
+    pub reports: ReportsSection,
+}
+
+/// `[reports]`: where saved reports live and where their runs are recorded.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportsSection {
+    /// Folder of report `.sql` files (default `queries`).
+    pub folder: Option<PathBuf>,
+    /// The run history database (default `.spillway/history.sqlite`).
+    pub history: Option<PathBuf>,
+    /// After downtime: `run_latest` (default) runs the most recent missed firing once; `skip`.
+    pub missed_runs: Option<String>,
+    /// On SIGTERM, how long running reports may take to finish before they are cancelled.
+    pub grace_seconds: Option<u64>,
 }
 
 /// `[storage]`: settings of object stores, shared by every table that does not override them.

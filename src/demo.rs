@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::gen::{self, ClaimsOptions, GenFormat};
 use crate::output::{Destination, OutputFormat, OutputSpec};
 use crate::query::{self, RunOptions};
+use crate::{report, reporting};
 use std::path::{Path, PathBuf};
 
 /// Files the sample claims are split into: several, so scans run in parallel.
@@ -49,12 +50,34 @@ pub async fn run(
         let sql = std::fs::read_to_string(&path)
             .map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))?;
         println!("\n=== {} ===", path.display());
-        if let Some(title) = first_comment(&sql) {
-            println!("{title}");
+        let in_file = |e: Error| e.context(path.display());
+        match report::parse_report(&path, &sql).map_err(Error::from)? {
+            // A report runs with its default parameters, bound as placeholders.
+            Some(report) => {
+                if let Some(description) = &report.description {
+                    println!("{description}");
+                }
+                let values = report.bind(&[]).map_err(Error::from)?;
+                let plan = reporting::plan_report(&engine, &report).await?;
+                let scalars = values
+                    .iter()
+                    .map(|(name, value)| (name.clone(), value.to_scalar()))
+                    .collect();
+                let plan = Engine::bind(plan, scalars).map_err(in_file)?;
+                let outcome = query::run_statement(&engine, plan, &run_options)
+                    .await
+                    .map_err(in_file)?;
+                eprintln!("{}", outcome.stats);
+            }
+            None => {
+                if let Some(title) = first_comment(&sql) {
+                    println!("{title}");
+                }
+                query::run_script(&engine, &sql, &run_options)
+                    .await
+                    .map_err(in_file)?;
+            }
         }
-        query::run_script(&engine, &sql, &run_options)
-            .await
-            .map_err(|e| e.context(path.display()))?;
     }
     Ok(())
 }

@@ -13,6 +13,8 @@ use crate::error::{Error, Result};
 use crate::output::ObjectTarget;
 use crate::storage::{self, Location, StoreCounters};
 use datafusion::common::config::SpillCompression;
+use datafusion::common::metadata::ScalarAndMetadata;
+use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
@@ -330,6 +332,27 @@ impl Engine {
     /// Plan one statement.
     pub async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
         Ok(self.ctx.state().statement_to_plan(statement).await?)
+    }
+
+    /// Bind named parameter values (`$name` placeholders) into a plan: values travel as typed
+    /// scalars, never as SQL text, so a value cannot change what the statement does.
+    pub fn bind(plan: LogicalPlan, values: Vec<(String, ScalarValue)>) -> Result<LogicalPlan> {
+        let map: HashMap<String, ScalarAndMetadata> = values
+            .into_iter()
+            .map(|(name, value)| (name, value.into()))
+            .collect();
+        Ok(plan.with_param_values(ParamValues::Map(map))?)
+    }
+
+    /// The `$name` placeholders a planned statement uses, without the `$`.
+    pub fn placeholders(plan: &LogicalPlan) -> Result<Vec<String>> {
+        let mut names: Vec<String> = plan
+            .get_parameter_names()?
+            .into_iter()
+            .map(|name| name.trim_start_matches('$').to_string())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 
     /// Whether a planned statement returns rows (a query) rather than changing the session.

@@ -17,6 +17,7 @@ pub mod output;
 pub mod progress;
 pub mod query;
 pub mod report;
+pub mod reporting;
 pub mod schedule;
 pub mod stats;
 pub mod storage;

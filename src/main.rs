@@ -4,11 +4,12 @@
 //! files before the process exits.
 
 use clap::Parser;
-use spillway::cli::{self, Cli, Command, GenCommand};
+use spillway::cli::{self, Cli, Command, GenCommand, ReportCommand};
 use spillway::config::ConfigFile;
 use spillway::engine::{Engine, EngineOptions};
 use spillway::error::{Error, Result};
 use spillway::gen::{self, ClaimsOptions, GenFormat, H2oOptions};
+use spillway::reporting::commands;
 use spillway::{demo, progress, query};
 use std::process::ExitCode;
 
@@ -86,6 +87,11 @@ async fn dispatch(cli: Cli, config: ConfigFile, options: EngineOptions) -> Resul
             gen_blocking(move || generate_h2o(&args, options.workers, show_progress)).await
         }
         Command::Demo(args) => demo::run(&args, &config, options, show_progress).await,
+        Command::Report(command) => run_report_command(command, &config, options).await,
+        Command::Schedule(args) => {
+            let context = commands::context(&args.source, &config, options)?;
+            commands::schedule(context, &args, &config).await
+        }
     }
 }
 
@@ -94,6 +100,30 @@ async fn gen_blocking(work: impl FnOnce() -> Result<()> + Send + 'static) -> Res
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Internal(format!("generator thread: {e}")))?
+}
+
+async fn run_report_command(
+    command: ReportCommand,
+    config: &ConfigFile,
+    options: EngineOptions,
+) -> Result<()> {
+    match command {
+        ReportCommand::List(args) => {
+            commands::list(&commands::context(&args.source, config, options)?)
+        }
+        ReportCommand::Show(args) => {
+            commands::show(&commands::context(&args.source, config, options)?, &args)
+        }
+        ReportCommand::Validate(args) => {
+            commands::validate(&commands::context(&args.source, config, options)?, &args).await
+        }
+        ReportCommand::Run(args) => {
+            commands::run(&commands::context(&args.source, config, options)?, &args).await
+        }
+        ReportCommand::History(args) => {
+            commands::history(&commands::context(&args.source, config, options)?, &args)
+        }
+    }
 }
 
 async fn open_engine(

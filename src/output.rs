@@ -16,6 +16,7 @@ use datafusion::parquet::basic::Compression as ParquetCompression;
 use datafusion::parquet::file::properties::WriterProperties;
 use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use sha2::{Digest, Sha256};
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -119,6 +120,8 @@ pub struct OutputSummary {
     pub bytes: u64,
     /// The reader went away (a closed pipe): writing stopped early, which is not an error.
     pub reader_gone: bool,
+    /// SHA-256 of the bytes written, in hex.
+    pub sha256: String,
 }
 
 enum Message {
@@ -217,19 +220,20 @@ fn run_writer(
                     Err(WriteError::ReaderGone) => {
                         return Ok(OutputSummary {
                             rows,
-                            bytes: 0,
                             reader_gone: true,
+                            ..OutputSummary::default()
                         });
                     }
                     Err(WriteError::Failed(error)) => return Err(error),
                 }
             }
             Message::Finish => {
-                let bytes = writer.close().map_err(WriteError::into_error)?;
+                let (bytes, sha256) = writer.close().map_err(WriteError::into_error)?;
                 return Ok(OutputSummary {
                     rows,
                     bytes,
                     reader_gone: false,
+                    sha256,
                 });
             }
         }
@@ -436,16 +440,18 @@ impl Write for Target {
     }
 }
 
-/// A `Write` that counts the bytes through it.
+/// A `Write` that counts and hashes the bytes through it (the hash goes into report manifests).
 struct Counted {
     inner: Target,
     bytes: u64,
+    sha256: Sha256,
 }
 
 impl Write for Counted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.inner.write(buf)?;
         self.bytes += written as u64;
+        self.sha256.update(&buf[..written]);
         Ok(written)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -469,6 +475,7 @@ impl FormatWriter {
         let out = Counted {
             inner: target,
             bytes: 0,
+            sha256: Sha256::new(),
         };
         let failed = |e: &dyn std::fmt::Display| Error::Output(format!("{described}: {e}"));
         Ok(match spec.format {
@@ -527,7 +534,7 @@ impl FormatWriter {
     }
 
     /// Finish the format (footers, closing brackets), publish, and return the bytes written.
-    fn close(self) -> std::result::Result<u64, WriteError> {
+    fn close(self) -> std::result::Result<(u64, String), WriteError> {
         let out = match self {
             FormatWriter::Csv(writer) => Ok(writer.into_inner()),
             FormatWriter::Json(mut writer) => writer
@@ -544,9 +551,15 @@ impl FormatWriter {
         }
         .map_err(classify_io)?;
         let bytes = out.bytes;
+        let sha256 = hex(&out.sha256.finalize());
         out.inner.publish().map_err(WriteError::Failed)?;
-        Ok(bytes)
+        Ok((bytes, sha256))
     }
+}
+
+/// Lower-case hex of a digest.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn arrow_io(error: datafusion::arrow::error::ArrowError) -> io::Error {

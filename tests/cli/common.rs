@@ -156,8 +156,26 @@ impl Workspace {
 pub struct Claim {
     pub claim_id: i64,
     pub member_id: String,
+    /// `YYYY-MM-DD`, as written (so text order is date order).
+    pub fill_date: String,
+    pub ndc: String,
+    /// `B` or `G`.
+    pub brand_generic: String,
     pub diagnosis_code: String,
+    pub pharmacy_npi: String,
+    pub plan_id: String,
+    pub member_state: String,
+    pub days_supply: i32,
+    pub copay_cents: i64,
+    pub plan_paid_cents: i64,
     pub total_cost_cents: i64,
+}
+
+impl Claim {
+    /// The first day of the fill date's month, `YYYY-MM-01`.
+    pub fn fill_month(&self) -> String {
+        format!("{}-01", &self.fill_date[..7])
+    }
 }
 
 /// Read every `claims-*.csv` below `folder` by hand.
@@ -175,18 +193,36 @@ pub fn read_claims_csv(folder: &Path) -> Vec<Claim> {
         let mut lines = text.lines();
         let header: Vec<&str> = lines.next().expect("header").split(',').collect();
         let column = |name: &str| header.iter().position(|h| *h == name).expect(name);
-        let (id, member, dx, total) = (
+        let (id, member, date, ndc, brand, dx) = (
             column("claim_id"),
             column("member_id"),
+            column("fill_date"),
+            column("ndc"),
+            column("brand_generic"),
             column("diagnosis_code"),
-            column("total_cost"),
         );
+        let (pharmacy, plan, state, supply) = (
+            column("pharmacy_npi"),
+            column("plan_id"),
+            column("member_state"),
+            column("days_supply"),
+        );
+        let (copay, paid, total) = (column("copay"), column("plan_paid"), column("total_cost"));
         for line in lines {
             let fields: Vec<&str> = line.split(',').collect();
             claims.push(Claim {
                 claim_id: fields[id].parse().expect("claim_id"),
                 member_id: fields[member].to_string(),
+                fill_date: fields[date].to_string(),
+                ndc: fields[ndc].to_string(),
+                brand_generic: fields[brand].to_string(),
                 diagnosis_code: fields[dx].to_string(),
+                pharmacy_npi: fields[pharmacy].to_string(),
+                plan_id: fields[plan].to_string(),
+                member_state: fields[state].to_string(),
+                days_supply: fields[supply].parse().expect("days_supply"),
+                copay_cents: cents(fields[copay]),
+                plan_paid_cents: cents(fields[paid]),
                 total_cost_cents: cents(fields[total]),
             });
         }

@@ -5,4 +5,6 @@ mod common;
 mod errors;
 mod output;
 mod query;
+mod reports;
 mod s3;
+mod schedule;

@@ -1,0 +1,218 @@
+//! `spillway report` commands and the `spillway schedule` daemon, end to end on real processes.
+
+use crate::common::Workspace;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+const DATA: &str = "dx,cost\nA,10\nB,20\nA,30\n";
+
+/// A workspace with a table `t` in spillway.toml and a report folder.
+fn workspace(reports: &[(&str, &str)]) -> Workspace {
+    let ws = Workspace::new();
+    ws.write("data/t.csv", DATA);
+    ws.write("spillway.toml", "[tables.t]\nlocation = \"data/t.csv\"\n");
+    for (name, text) in reports {
+        ws.write(&format!("queries/{name}.sql"), text);
+    }
+    ws
+}
+
+fn every_second(name: &str, output: &str) -> String {
+    format!(
+        "/* report\nname = \"{name}\"\noutput = \"{output}\"\nschedule = {{ cron = \"* * * * * *\", timezone = \"UTC\" }}\n*/\n\
+         SELECT dx, sum(cost) AS total FROM t GROUP BY dx ORDER BY dx\n"
+    )
+}
+
+#[test]
+fn list_shows_each_report_with_its_next_three_fire_times() {
+    let daily = "/* report\nname = \"daily\"\ndescription = \"Every day\"\nschedule = { cron = \"30 6 * * *\", timezone = \"America/New_York\" }\n*/\nSELECT 1\n";
+    let ws = workspace(&[("daily", daily), ("plain", "SELECT 2\n")]);
+    let out = ws.run(&["report", "list"]);
+    let text = out.success();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("daily\t"))
+        .expect("daily listed");
+    // 06:30 in New York is 10:30 or 11:30 UTC depending on daylight saving time.
+    assert_eq!(line.matches(":30:00Z").count(), 3, "{line}");
+    assert!(
+        !text.contains("plain"),
+        "a file without a header is not a report:\n{text}"
+    );
+}
+
+#[test]
+fn validate_plans_without_running_and_names_the_file_of_a_bad_report() {
+    let good = "/* report\nname = \"good\"\n[params.min]\ntype = \"int\"\ndefault = 1\n*/\nSELECT dx FROM t WHERE cost >= $min\n";
+    let bad = "/* report\nname = \"bad\"\n*/\nSELECT no_such_column FROM t\n";
+    let ws = workspace(&[("good", good), ("bad", bad)]);
+    assert!(ws
+        .run(&["report", "validate", "good"])
+        .success()
+        .contains("good: ok"));
+    let err = ws.run(&["report", "validate"]).failure(4).to_string();
+    assert!(
+        err.contains("bad.sql") && err.contains("no_such_column"),
+        "{err}"
+    );
+    let undeclared = "/* report\nname = \"undeclared\"\n*/\nSELECT dx FROM t WHERE cost > $nope\n";
+    ws.write("queries/bad.sql", undeclared);
+    let err = ws
+        .run(&["report", "validate", "undeclared"])
+        .failure(3)
+        .to_string();
+    assert!(err.contains("$nope"), "{err}");
+}
+
+#[test]
+fn run_binds_parameters_as_data_and_history_records_it() {
+    let report = "/* report\nname = \"by_dx\"\noutput = \"out/{name}-{dx}.csv\"\n[params.dx]\ntype = \"string\"\ndefault = \"A\"\n*/\n\
+                  SELECT dx, sum(cost) AS total FROM t WHERE dx = $dx GROUP BY dx\n";
+    let ws = workspace(&[("by_dx", report)]);
+    ws.run(&["report", "run", "by_dx"]).success();
+    assert_eq!(
+        std::fs::read_to_string(ws.path("out/by_dx-A.csv")).unwrap(),
+        "dx,total\nA,40\n"
+    );
+    ws.run(&["report", "run", "by_dx", "--param", "dx=B"])
+        .success();
+    assert_eq!(
+        std::fs::read_to_string(ws.path("out/by_dx-B.csv")).unwrap(),
+        "dx,total\nB,20\n"
+    );
+    // A hostile value is a string like any other: no rows, and the table is still there.
+    let hostile = "x'; DROP TABLE t; --";
+    ws.run(&[
+        "report",
+        "run",
+        "by_dx",
+        "--param",
+        &format!("dx={hostile}"),
+    ])
+    .success();
+    ws.run(&["report", "run", "by_dx", "--param", "dx=A"])
+        .success();
+    let history = ws.run(&["report", "history", "by_dx"]);
+    let rows: Vec<&str> = history.success().lines().skip(1).collect();
+    assert_eq!(rows.len(), 4, "{}", history.stdout);
+    assert!(
+        rows.iter().all(|row| row.contains("\tsucceeded\t")),
+        "{}",
+        history.stdout
+    );
+    assert!(
+        rows[0].contains("out/by_dx-A.csv"),
+        "newest first:\n{}",
+        history.stdout
+    );
+}
+
+#[test]
+fn the_daemon_fires_each_second_records_history_and_stops_cleanly_on_sigterm() {
+    let ws = workspace(&[("tick", &every_second("tick", "out/{name}/{run_id}.csv"))]);
+    let mut daemon = ws
+        .command()
+        .args(["schedule"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let stopped = Instant::now();
+    let code = daemon.wait().unwrap();
+    assert!(stopped.elapsed() < Duration::from_secs(10));
+    assert!(code.success(), "daemon exit {code:?}");
+    let history = ws.run(&["report", "history", "tick"]);
+    let succeeded = history
+        .success()
+        .lines()
+        .filter(|l| l.contains("\tsucceeded\t"))
+        .count();
+    assert!(
+        succeeded >= 2,
+        "expected at least two runs:\n{}",
+        history.stdout
+    );
+    let outputs: Vec<_> = ws.files_below("out/tick");
+    let csvs = outputs
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .count();
+    let manifests = outputs
+        .iter()
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("_SUCCESS-")
+        })
+        .count();
+    assert_eq!(csvs, succeeded, "{outputs:?}");
+    assert_eq!(manifests, succeeded, "{outputs:?}");
+    assert!(
+        outputs
+            .iter()
+            .all(|p| !p.file_name().unwrap().to_string_lossy().starts_with('.')),
+        "temporary files left: {outputs:?}"
+    );
+    for csv in outputs
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+    {
+        assert_eq!(
+            std::fs::read_to_string(csv).unwrap(),
+            "dx,total\nA,40\nB,20\n"
+        );
+    }
+}
+
+#[test]
+fn a_second_daemon_on_the_same_history_refuses_to_start() {
+    let ws = workspace(&[("tick", &every_second("tick", "out/{run_id}.csv"))]);
+    let mut first = ws
+        .command()
+        .args(["schedule"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let second = ws.run(&["schedule"]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_ne!(second.code, 0);
+    assert!(second.stderr.contains("daemon"), "{}", second.stderr);
+}
+
+#[test]
+fn a_run_killed_with_sigkill_shows_as_incomplete_and_publishes_nothing() {
+    let slow = "/* report\nname = \"slow\"\noutput = \"out/slow.csv\"\n*/\n\
+                SELECT value FROM generate_series(1, 3000000000) ORDER BY value DESC\n";
+    let ws = workspace(&[("slow", slow)]);
+    ws.write("out/slow.csv", "previous complete result\n");
+    let mut run = ws
+        .command()
+        .args(["--memory-limit", "16MiB", "report", "run", "slow"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = run.kill();
+    let _ = run.wait();
+    let history = ws.run(&["report", "history", "slow"]);
+    let text = history.success();
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("\tincomplete\t")),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(ws.path("out/slow.csv")).unwrap(),
+        "previous complete result\n"
+    );
+}
