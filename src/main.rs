@@ -15,7 +15,9 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The daemon logs one line per run at info level; other commands only warn.
+    let daemon = matches!(cli.command, Command::Schedule(_));
+    init_logging(if daemon { "info" } else { "warn" });
     let outcome = load_config(&cli).and_then(|(config, options)| run(cli, config, options));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -26,9 +28,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging() {
+fn init_logging(default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("SPILLWAY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -124,9 +124,14 @@ fn the_daemon_fires_each_second_records_history_and_stops_cleanly_on_sigterm() {
         .unwrap();
     assert!(status.success());
     let stopped = Instant::now();
-    let code = daemon.wait().unwrap();
+    let output = daemon.wait_with_output().unwrap();
     assert!(stopped.elapsed() < Duration::from_secs(10));
-    assert!(code.success(), "daemon exit {code:?}");
+    assert!(output.status.success(), "daemon exit {:?}", output.status);
+    let log = String::from_utf8_lossy(&output.stderr);
+    let run_lines = log
+        .lines()
+        .filter(|l| l.contains("report tick for"))
+        .count();
     let history = ws.run(&["report", "history", "tick"]);
     let succeeded = history
         .success()
@@ -138,6 +143,7 @@ fn the_daemon_fires_each_second_records_history_and_stops_cleanly_on_sigterm() {
         "expected at least two runs:\n{}",
         history.stdout
     );
+    assert_eq!(run_lines, succeeded, "one log line per run:\n{log}");
     let outputs: Vec<_> = ws.files_below("out/tick");
     let csvs = outputs
         .iter()
