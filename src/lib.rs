@@ -19,5 +19,6 @@ pub mod query;
 pub mod report;
 pub mod reporting;
 pub mod schedule;
+pub mod signal;
 pub mod stats;
 pub mod storage;

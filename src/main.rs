@@ -53,7 +53,7 @@ fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
     let result = runtime.block_on(async move {
         tokio::select! {
             result = dispatch(cli, config, options) => result,
-            () = shutdown_signal() => Err(Error::Interrupted),
+            () = spillway::signal::shutdown() => Err(Error::Interrupted),
         }
     });
     // Dropping the runtime waits for the output thread to discard its temporary file and for
@@ -139,21 +139,6 @@ async fn open_engine(
         engine.register_table(spec).await?;
     }
     Ok(engine)
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(mut terminate) => {
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = terminate.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = ctrl_c.await;
-        }
-    }
 }
 
 fn gen_format(format: cli::GenFormatArg) -> GenFormat {

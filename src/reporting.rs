@@ -611,22 +611,9 @@ pub mod commands {
             context: Arc::new(context),
         });
         let scheduler = Scheduler::new(jobs, Arc::new(SystemClock), runner, missed);
-        scheduler.run(last_runs, shutdown_signal(), grace).await;
+        scheduler
+            .run(last_runs, crate::signal::shutdown(), grace)
+            .await;
         Ok(())
-    }
-
-    async fn shutdown_signal() {
-        let ctrl_c = tokio::signal::ctrl_c();
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
     }
 }

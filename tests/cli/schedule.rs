@@ -111,7 +111,7 @@ fn run_binds_parameters_as_data_and_history_records_it() {
 #[test]
 fn the_daemon_fires_each_second_records_history_and_stops_cleanly_on_sigterm() {
     let ws = workspace(&[("tick", &every_second("tick", "out/{name}/{run_id}.csv"))]);
-    let mut daemon = ws
+    let daemon = ws
         .command()
         .args(["schedule"])
         .stderr(Stdio::piped())
