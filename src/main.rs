@@ -50,7 +50,13 @@ fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
         .enable_all()
         .build()
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
+    // The daemon stops gracefully on its own signal handling (finish or cancel running
+    // reports, exit 0); every other command is cancelled by dropping it.
+    let daemon = matches!(cli.command, Command::Schedule(_));
     let result = runtime.block_on(async move {
+        if daemon {
+            return dispatch(cli, config, options).await;
+        }
         tokio::select! {
             result = dispatch(cli, config, options) => result,
             () = spillway::signal::shutdown() => Err(Error::Interrupted),
