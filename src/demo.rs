@@ -59,11 +59,7 @@ pub async fn run(
                 }
                 let values = report.bind(&[]).map_err(Error::from)?;
                 let plan = reporting::plan_report(&engine, &report).await?;
-                let scalars = values
-                    .iter()
-                    .map(|(name, value)| (name.clone(), value.to_scalar()))
-                    .collect();
-                let plan = Engine::bind(plan, scalars).map_err(in_file)?;
+                let plan = reporting::bind_values(plan, &values).map_err(in_file)?;
                 let outcome = query::run_statement(&engine, plan, &run_options)
                     .await
                     .map_err(in_file)?;

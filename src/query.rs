@@ -79,7 +79,7 @@ fn is_query(statement: &Statement) -> bool {
 }
 
 /// Execute a statement that returns nothing worth printing (SET, CREATE VIEW, ...).
-async fn drain(engine: &Engine, plan: LogicalPlan) -> Result<()> {
+pub async fn drain(engine: &Engine, plan: LogicalPlan) -> Result<()> {
     let mut running = engine.execute(plan).await?;
     while let Some(batch) = running.stream.next().await {
         batch?;

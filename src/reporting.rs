@@ -106,11 +106,7 @@ async fn run_once(
         engine.register_table(spec).await.map_err(in_report)?;
     }
     let plan = plan_report(&engine, report).await.map_err(in_report)?;
-    let scalars = values
-        .iter()
-        .map(|(name, value)| (name.clone(), value.to_scalar()))
-        .collect();
-    let plan = Engine::bind(plan, scalars).map_err(in_report)?;
+    let plan = bind_values(plan, values).map_err(in_report)?;
     let zone = report_zone(report)?;
     let scheduled_date = scheduled_for
         .unwrap_or_else(Utc::now)
@@ -162,6 +158,18 @@ async fn run_once(
     })
 }
 
+/// Bind a report's parameter values into its plan as typed placeholders.
+pub fn bind_values(
+    plan: datafusion::logical_expr::LogicalPlan,
+    values: &[(String, ParamValue)],
+) -> Result<datafusion::logical_expr::LogicalPlan> {
+    let scalars = values
+        .iter()
+        .map(|(name, value)| (name.clone(), value.to_scalar()))
+        .collect();
+    Engine::bind(plan, scalars)
+}
+
 /// A report without an `output` in its header writes to `reports/{name}/{scheduled_date}.EXT`.
 fn report_with_template(report: &ReportDefinition, template: &str) -> ReportDefinition {
     let mut copy = report.clone();
@@ -189,11 +197,7 @@ pub async fn plan_report(
     })?;
     for statement in statements {
         let plan = engine.plan(statement).await?;
-        let mut running = engine.execute(plan).await?;
-        use futures::StreamExt;
-        while let Some(batch) = running.stream.next().await {
-            batch?;
-        }
+        query::drain(engine, plan).await?;
     }
     let plan = engine.plan(last).await.map_err(|e| {
         e.context(format!(
