@@ -11,6 +11,7 @@ use crate::catalog::{self, RegisteredTable, TableSpec};
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
 use crate::output::ObjectTarget;
+use crate::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TwoLevelDistinct};
 use crate::storage::{self, Location, StoreCounters};
 use datafusion::common::config::SpillCompression;
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -20,7 +21,8 @@ use datafusion::execution::memory_pool::{
     FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
 };
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -82,6 +84,17 @@ impl Default for EngineOptions {
 pub fn batch_size_for(memory_limit: u64, workers: usize) -> usize {
     let per_partition = memory_limit / workers.max(1) as u64;
     (per_partition / 4096).clamp(1024, DEFAULT_BATCH_SIZE as u64) as usize
+}
+
+/// How many spill files one sort merges at once. DataFusion's default is unbounded, and each
+/// merge reserves a buffer per file for as many files as the pool allows: the first partition
+/// to finish sorting takes the whole pool and the others then fail with "Not enough memory to
+/// continue external sort" (seen at 64 MiB, 2 workers, a 17-column sort). Capping the fan-in
+/// at about 8 MiB of the partition's share per file leaves room for every partition; merges
+/// of more files than that run in several passes.
+pub fn spill_merge_fan_in(memory_limit: u64, workers: usize) -> usize {
+    let per_partition = memory_limit / workers.max(1) as u64;
+    (per_partition / (8 << 20)).clamp(2, 256) as usize
 }
 
 /// All cores this process may use.
@@ -199,6 +212,10 @@ impl Engine {
         if let Some(max_spill) = options.max_spill {
             disk = disk.with_max_temp_directory_size(max_spill);
         }
+        disk = disk.with_max_spill_merge_fan_in(spill_merge_fan_in(
+            options.memory_limit,
+            options.workers,
+        ));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(disk)
@@ -207,7 +224,14 @@ impl Engine {
         let local_store = storage::local_store(counters.clone());
         let file_url = url::Url::parse("file://").map_err(|e| Error::Internal(e.to_string()))?;
         runtime.register_object_store(&file_url, local_store.clone());
-        let ctx = SessionContext::new_with_config_rt(session_config(&options), runtime);
+        let state = SessionStateBuilder::new()
+            .with_config(session_config(&options))
+            .with_runtime_env(runtime)
+            .with_default_features()
+            .with_optimizer_rule(Arc::new(TwoLevelDistinct))
+            .with_physical_optimizer_rule(Arc::new(AccountWindowInput))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         Ok(Engine {
             ctx,
             pool,
@@ -366,6 +390,31 @@ impl Engine {
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let physical = frame.create_physical_plan().await?;
         let stream = execute_stream(physical.clone(), self.ctx.task_ctx())?;
+        Ok(RunningQuery {
+            plan: physical,
+            stream,
+        })
+    }
+
+    /// Start a statement again after it ran out of memory, with a plan that trades speed for
+    /// spilling: sort-merge joins instead of hash joins (whose build side cannot spill), full
+    /// sorts instead of top-k heaps, no top-k aggregation, half-size batches and a small
+    /// merge reservation for sorts.
+    pub async fn execute_conservatively(&self, plan: LogicalPlan) -> Result<RunningQuery> {
+        self.pool.reset_peak();
+        // From the session's current settings, so a script's own `SET`s still hold.
+        let mut config = self.ctx.state().config().clone();
+        let batch_size = (config.batch_size() / 2).max(1024);
+        config = config.with_batch_size(batch_size);
+        let settings = config.options_mut();
+        settings.optimizer.prefer_hash_join = false;
+        settings.optimizer.enable_topk_aggregation = false;
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_config(config)
+            .with_physical_optimizer_rule(Arc::new(FullSortInsteadOfTopK))
+            .build();
+        let physical = state.create_physical_plan(&plan).await?;
+        let stream = execute_stream(physical.clone(), Arc::new(TaskContext::from(&state)))?;
         Ok(RunningQuery {
             plan: physical,
             stream,

@@ -18,6 +18,7 @@ pub mod progress;
 pub mod query;
 pub mod report;
 pub mod reporting;
+pub mod rewrite;
 pub mod schedule;
 pub mod signal;
 pub mod stats;

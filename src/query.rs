@@ -87,23 +87,74 @@ pub async fn drain(engine: &Engine, plan: LogicalPlan) -> Result<()> {
     Ok(())
 }
 
-/// Execute one query and stream its rows into the output.
+/// Execute one query and stream its rows into the output. If it runs out of memory before a
+/// single row went out, it runs once more with a plan that spills where the first could not
+/// (see [`Engine::execute_conservatively`]); the warning says so once.
 pub async fn run_statement(
     engine: &Engine,
     plan: LogicalPlan,
     options: &RunOptions,
 ) -> Result<StatementOutcome> {
     let started = Instant::now();
+    match attempt(engine, plan.clone(), options, Plan::Fast, started).await {
+        Err(Failure::BeforeOutput(Error::ResourcesExhausted(message))) => {
+            tracing::warn!(
+                "the memory limit was reached ({}); running the query again with a plan that \
+                 spills more (sort-merge joins, full sorts, smaller batches)",
+                first_sentence(&message)
+            );
+            attempt(engine, plan, options, Plan::Conservative, started)
+                .await
+                .map_err(Failure::into_error)
+        }
+        other => other.map_err(Failure::into_error),
+    }
+}
+
+/// Which plan an attempt runs.
+#[derive(Clone, Copy, PartialEq)]
+enum Plan {
+    Fast,
+    Conservative,
+}
+
+/// Why an attempt failed: before any row reached the output (so it may be run again) or after.
+enum Failure {
+    BeforeOutput(Error),
+    AfterOutput(Error),
+}
+
+impl Failure {
+    fn into_error(self) -> Error {
+        match self {
+            Failure::BeforeOutput(error) | Failure::AfterOutput(error) => error,
+        }
+    }
+}
+
+async fn attempt(
+    engine: &Engine,
+    plan: LogicalPlan,
+    options: &RunOptions,
+    which: Plan,
+    started: Instant,
+) -> std::result::Result<StatementOutcome, Failure> {
     let schema = plan.schema().inner().clone();
     // Open the output first: an unwritable path fails before any work is done.
     let object = match &options.output.destination {
-        Destination::Object(url) => Some(engine.object_target(url)?),
+        Destination::Object(url) => Some(engine.object_target(url).map_err(Failure::AfterOutput)?),
         _ => None,
     };
-    let mut sink = Sink::open(&options.output, schema, object).await?;
+    let mut sink = Sink::open(&options.output, schema, object)
+        .await
+        .map_err(Failure::AfterOutput)?;
     let bytes_before = engine.counters().bytes();
     let requests_before = engine.counters().requests();
-    let mut running = engine.execute(plan).await?;
+    let running = match which {
+        Plan::Fast => engine.execute(plan).await,
+        Plan::Conservative => engine.execute_conservatively(plan).await,
+    };
+    let mut running = running.map_err(Failure::BeforeOutput)?;
     let (files, bytes_in_files) = stats::scanned_files(&running.plan);
     let progress = QueryProgress::start(
         options.progress,
@@ -111,20 +162,29 @@ pub async fn run_statement(
         engine.counters().clone(),
         running.plan.clone(),
     );
+    let mut batches_out = 0u64;
     while let Some(batch) = running.stream.next().await {
         let batch = match batch {
             Ok(batch) => batch,
             Err(error) => {
                 drop(progress);
-                return Err(explain_failure(engine, error.into()).await);
+                let error = explain_failure(engine, error.into()).await;
+                // Nothing reached the reader yet: dropping the sink discards its temporary
+                // file or upload, so the statement can start over cleanly.
+                return Err(if batches_out == 0 {
+                    Failure::BeforeOutput(error)
+                } else {
+                    Failure::AfterOutput(error)
+                });
             }
         };
-        if !sink.write(batch).await? {
+        batches_out += 1;
+        if !sink.write(batch).await.map_err(Failure::AfterOutput)? {
             break;
         }
     }
     progress.finish();
-    let output = sink.finish().await?;
+    let output = sink.finish().await.map_err(Failure::AfterOutput)?;
     let stats = QueryStats {
         rows: output.rows,
         files,
@@ -138,6 +198,14 @@ pub async fn run_statement(
         peak_rss: stats::peak_rss(),
     };
     Ok(StatementOutcome { output, stats })
+}
+
+/// The part of a DataFusion resources message before its list of consumers.
+fn first_sentence(message: &str) -> &str {
+    message
+        .split(" with top memory consumers")
+        .next()
+        .unwrap_or(message)
 }
 
 /// Add what the user needs to an execution failure: for bad data, which file holds it.
