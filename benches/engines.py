@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib
 import json
 import math
 import os
@@ -241,8 +242,12 @@ def worker_main(argv) -> int:
     question = ALL_QUESTIONS[args.question]
     glob = str(Path(args.data) / f"*.{args.format}")
     run = {"duckdb": run_duckdb, "polars": run_polars, "datafusion": run_datafusion}[args.engine]
+    importlib.import_module(args.engine)  # imports are not timed; opening the table is
+    import pyarrow  # noqa: F401
     try:
-        seconds, table = run(question, glob, args)
+        start = time.perf_counter()
+        table = run(question, glob, args)
+        seconds = time.perf_counter() - start
     except Exception as error:  # the engine's own message, for the report
         Path(args.meta).write_text(json.dumps({"error": f"{type(error).__name__}: {error}"}))
         raise
@@ -271,9 +276,7 @@ def run_duckdb(question, glob, args):
     else:
         source = f"read_csv('{glob}', header = true)"
     con.execute(f"CREATE VIEW {question.table} AS SELECT * FROM {source}")
-    start = time.perf_counter()
-    table = con.sql(question.sql).to_arrow_table()
-    return time.perf_counter() - start, table
+    return con.sql(question.sql).to_arrow_table()
 
 
 def run_polars(question, glob, args):
@@ -290,9 +293,7 @@ def run_polars(question, glob, args):
     else:
         frame = pl.scan_csv(glob)
     query = globals()[question.polars](pl, frame)
-    start = time.perf_counter()
-    table = query.collect(engine="streaming").to_arrow()
-    return time.perf_counter() - start, table
+    return query.collect(engine="streaming").to_arrow()
 
 
 def run_datafusion(question, glob, args):
@@ -315,9 +316,7 @@ def run_datafusion(question, glob, args):
         ctx.register_csv(question.table, folder, schema=pa.schema(fields), file_extension=".csv")
     else:
         ctx.register_csv(question.table, folder, file_extension=".csv")
-    start = time.perf_counter()
-    table = ctx.sql(question.sql).to_arrow_table()
-    return time.perf_counter() - start, table
+    return ctx.sql(question.sql).to_arrow_table()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,8 +656,10 @@ def machine_facts(ctx) -> list[str]:
                          capture_output=True, text=True).stdout.strip() or "unknown"
     env = [f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("SPILLWAY_") and k not in
            ("SPILLWAY_BIN", "SPILLWAY_BENCH_DIR", "SPILLWAY_BENCH_VENV")]
+    load = ", ".join(f"{x:.2f}" for x in ctx["load"])
     facts = [
-        f"- CPU: {cpu}; {os.cpu_count()} cores; RAM {total_memory_bytes() / 1024**3:.1f} GiB",
+        f"- CPU: {cpu}; {os.cpu_count()} cores; RAM {total_memory_bytes() / 1024**3:.1f} GiB; "
+        f"load average before the runs {load} (other work on the machine skews the seconds)",
         f"- OS: {platform.system()} {platform.release()}; Python {platform.python_version()}",
         f"- Spillway: `{ctx['bin']}` ({spillway_version}); checkout {repo} at {rev}",
         f"- Peers: {', '.join(versions)}",
@@ -676,9 +677,9 @@ def method_notes(ctx) -> list[str]:
         f"(`/usr/bin/time %M`, the whole process: for the Python engines this includes the interpreter and the "
         f"engine's library).",
         f"- Seconds: Spillway, the wall time of `spillway query -o result.parquet` (process start and writing "
-        f"the Parquet result included); DuckDB, Polars and DataFusion, the query and the fetch of the full "
-        f"result into Arrow, timed inside the worker (interpreter start, imports and writing the result "
-        f"excluded).",
+        f"the Parquet result included); DuckDB, Polars and DataFusion, timed inside the worker: opening the "
+        f"table (connect, register the files, schema inference), the query and the fetch of the full result "
+        f"into Arrow (interpreter start, imports and writing the result to Parquet excluded).",
         f"- All engines read the generated files directly (no loading into memory first) with {w} threads "
         f"(Spillway `--workers {w}`, DuckDB `threads`, `POLARS_MAX_THREADS`, DataFusion `target_partitions`). "
         f"Timeout {ctx['timeout']:g}s per run.",
@@ -862,7 +863,7 @@ def main(argv) -> int:
         "bin": bin_path, "workers": args.workers, "timeout": args.timeout, "repeat": args.repeat,
         "data": data, "rows": args.rows, "groups": args.groups, "claims_rows": args.claims_rows,
         "files": args.files, "bench_dir": bench_dir, "started": f"{now:%Y-%m-%d %H:%M}",
-        "command": "bash benches/h2o.sh " + " ".join(argv),
+        "command": "bash benches/h2o.sh " + " ".join(argv), "load": os.getloadavg(),
     }
     if args.claims_rows and "csv" in args.formats:
         ctx["claims_config"] = spillway_claims_config(scratch / "claims-csv.toml", data[("c", "csv")])

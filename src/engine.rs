@@ -212,10 +212,8 @@ impl Engine {
         if let Some(max_spill) = options.max_spill {
             disk = disk.with_max_temp_directory_size(max_spill);
         }
-        disk = disk.with_max_spill_merge_fan_in(spill_merge_fan_in(
-            options.memory_limit,
-            options.workers,
-        ));
+        disk = disk
+            .with_max_spill_merge_fan_in(spill_merge_fan_in(options.memory_limit, options.workers));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(disk)
@@ -394,6 +392,15 @@ impl Engine {
             plan: physical,
             stream,
         })
+    }
+
+    /// Wait (up to two seconds) until the pool holds nothing: a failed plan's tasks are
+    /// cancelled asynchronously and keep their reservations until they have stopped.
+    pub async fn wait_for_released_memory(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+        while self.pool.reserved() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// Start a statement again after it ran out of memory, with a plan that trades speed for

@@ -6,6 +6,7 @@
 //! from the engine into `output`, with `stats` and `progress` alongside. `query` is the path
 //! every entry point uses to run SQL; `gen` makes deterministic test data.
 
+pub mod allocator;
 pub mod catalog;
 pub mod cli;
 pub mod config;

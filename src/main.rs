@@ -13,6 +13,9 @@ use spillway::reporting::commands;
 use spillway::{demo, progress, query};
 use std::process::ExitCode;
 
+#[global_allocator]
+static ALLOCATOR: spillway::allocator::ExitOnExhaustion = spillway::allocator::ExitOnExhaustion;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs one line per run at info level; other commands only warn.

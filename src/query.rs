@@ -12,8 +12,10 @@ use crate::output::{Destination, OutputSpec, OutputSummary, Sink};
 use crate::progress::QueryProgress;
 use crate::stats::{self, PlanTotals, QueryStats};
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::sql::parser::Statement;
 use futures::StreamExt;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How to run a script.
@@ -96,19 +98,44 @@ pub async fn run_statement(
     options: &RunOptions,
 ) -> Result<StatementOutcome> {
     let started = Instant::now();
-    match attempt(engine, plan.clone(), options, Plan::Fast, started).await {
+    let schema = plan.schema().inner().clone();
+    // Open the output first: an unwritable path fails before any work is done. The same sink
+    // serves a retry, which only happens while it has been given nothing.
+    let object = match &options.output.destination {
+        Destination::Object(url) => Some(engine.object_target(url)?),
+        _ => None,
+    };
+    let mut sink = Sink::open(&options.output, schema, object).await?;
+    let bytes_before = engine.counters().bytes();
+    let requests_before = engine.counters().requests();
+    let done = match attempt(engine, plan.clone(), &mut sink, options, Plan::Fast).await {
         Err(Failure::BeforeOutput(Error::ResourcesExhausted(message))) => {
             tracing::warn!(
                 "the memory limit was reached ({}); running the query again with a plan that \
                  spills more (sort-merge joins, full sorts, smaller batches)",
                 first_sentence(&message)
             );
-            attempt(engine, plan, options, Plan::Conservative, started)
-                .await
-                .map_err(Failure::into_error)
+            // The failed plan's tasks stop asynchronously; let them hand their memory back.
+            engine.wait_for_released_memory().await;
+            attempt(engine, plan, &mut sink, options, Plan::Conservative).await
         }
-        other => other.map_err(Failure::into_error),
-    }
+        other => other,
+    };
+    let done = done.map_err(Failure::into_error)?;
+    let output = sink.finish().await?;
+    let stats = QueryStats {
+        rows: output.rows,
+        files: done.files,
+        bytes_in_files: done.bytes_in_files,
+        bytes_fetched: engine.counters().bytes() - bytes_before,
+        requests: engine.counters().requests() - requests_before,
+        elapsed: started.elapsed(),
+        spill: PlanTotals::of(&done.plan),
+        peak_pool: engine.pool().peak(),
+        memory_limit: engine.options().memory_limit,
+        peak_rss: stats::peak_rss(),
+    };
+    Ok(StatementOutcome { output, stats })
 }
 
 /// Which plan an attempt runs.
@@ -132,24 +159,20 @@ impl Failure {
     }
 }
 
+/// What a finished attempt ran, for its stats.
+struct Attempted {
+    plan: Arc<dyn ExecutionPlan>,
+    files: usize,
+    bytes_in_files: u64,
+}
+
 async fn attempt(
     engine: &Engine,
     plan: LogicalPlan,
+    sink: &mut Sink,
     options: &RunOptions,
     which: Plan,
-    started: Instant,
-) -> std::result::Result<StatementOutcome, Failure> {
-    let schema = plan.schema().inner().clone();
-    // Open the output first: an unwritable path fails before any work is done.
-    let object = match &options.output.destination {
-        Destination::Object(url) => Some(engine.object_target(url).map_err(Failure::AfterOutput)?),
-        _ => None,
-    };
-    let mut sink = Sink::open(&options.output, schema, object)
-        .await
-        .map_err(Failure::AfterOutput)?;
-    let bytes_before = engine.counters().bytes();
-    let requests_before = engine.counters().requests();
+) -> std::result::Result<Attempted, Failure> {
     let running = match which {
         Plan::Fast => engine.execute(plan).await,
         Plan::Conservative => engine.execute_conservatively(plan).await,
@@ -169,8 +192,6 @@ async fn attempt(
             Err(error) => {
                 drop(progress);
                 let error = explain_failure(engine, error.into()).await;
-                // Nothing reached the reader yet: dropping the sink discards its temporary
-                // file or upload, so the statement can start over cleanly.
                 return Err(if batches_out == 0 {
                     Failure::BeforeOutput(error)
                 } else {
@@ -184,24 +205,16 @@ async fn attempt(
         }
     }
     progress.finish();
-    let output = sink.finish().await.map_err(Failure::AfterOutput)?;
-    let stats = QueryStats {
-        rows: output.rows,
+    Ok(Attempted {
+        plan: running.plan,
         files,
         bytes_in_files,
-        bytes_fetched: engine.counters().bytes() - bytes_before,
-        requests: engine.counters().requests() - requests_before,
-        elapsed: started.elapsed(),
-        spill: PlanTotals::of(&running.plan),
-        peak_pool: engine.pool().peak(),
-        memory_limit: engine.options().memory_limit,
-        peak_rss: stats::peak_rss(),
-    };
-    Ok(StatementOutcome { output, stats })
+    })
 }
 
 /// The part of a DataFusion resources message before its list of consumers.
 fn first_sentence(message: &str) -> &str {
+    let message = message.trim_start_matches("Resources exhausted: ");
     message
         .split(" with top memory consumers")
         .next()

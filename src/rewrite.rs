@@ -142,9 +142,8 @@ fn two_level(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
             aggregate_call(&call.func, vec![col(DISTINCT_ALIAS)])
         } else {
             let alias = format!("__spillway_partial_{i}");
-            inner_aggregates.push(
-                aggregate_call(&call.func, call.params.args.clone()).alias(&alias),
-            );
+            inner_aggregates
+                .push(aggregate_call(&call.func, call.params.args.clone()).alias(&alias));
             if name == "count" {
                 counts.push(i);
                 Expr::AggregateFunction(AggregateFunction::new_udf(
@@ -187,10 +186,7 @@ fn two_level(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
     Ok(Some(outer.project(projection)?.build()?))
 }
 
-fn aggregate_call(
-    func: &Arc<datafusion::logical_expr::AggregateUDF>,
-    args: Vec<Expr>,
-) -> Expr {
+fn aggregate_call(func: &Arc<datafusion::logical_expr::AggregateUDF>, args: Vec<Expr>) -> Expr {
     Expr::AggregateFunction(AggregateFunction {
         func: func.clone(),
         params: AggregateFunctionParams {
@@ -223,7 +219,9 @@ impl PhysicalOptimizerRule for AccountWindowInput {
             ));
             // The input keeps its partitioning and order, so the window's properties stand.
             let keep = ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep);
-            Ok(Transformed::yes(node.clone().replace_children(vec![input], keep)?))
+            Ok(Transformed::yes(
+                node.clone().replace_children(vec![input], keep)?,
+            ))
         })
         .data()
     }
@@ -344,5 +342,65 @@ impl ExecutionPlan for ReservedInputExec {
             Ok(batch)
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, reserved)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::prelude::SessionContext;
+
+    const TABLE: &str = "CREATE TABLE t (g VARCHAR, x INT, y INT) AS VALUES \
+        ('a', 1, 10), ('a', 1, 20), ('a', 2, NULL), ('a', NULL, 5), \
+        ('b', 3, 1), ('b', 3, 2), (NULL, 4, 7), (NULL, NULL, NULL)";
+
+    async fn answer(rule: bool, sql: &str) -> (String, String) {
+        let ctx = SessionContext::new();
+        if rule {
+            ctx.add_optimizer_rule(Arc::new(TwoLevelDistinct));
+        }
+        ctx.sql(TABLE).await.unwrap().collect().await.unwrap();
+        let frame = ctx.sql(sql).await.unwrap();
+        let schema = format!("{:?}", frame.schema().fields());
+        let plan = format!(
+            "{}",
+            frame
+                .clone()
+                .into_optimized_plan()
+                .unwrap()
+                .display_indent()
+        );
+        let batches = frame.collect().await.unwrap();
+        let text = pretty_format_batches(&batches).unwrap().to_string();
+        (format!("{schema}\n{text}"), plan)
+    }
+
+    #[tokio::test]
+    async fn two_level_distinct_gives_the_same_names_types_and_rows() {
+        for sql in [
+            "SELECT g, count(DISTINCT x) AS d, sum(y), count(*), count(y), min(y), max(y) \
+             FROM t GROUP BY g ORDER BY g",
+            "SELECT g, avg(DISTINCT y), count(*), max(y) FROM t GROUP BY g ORDER BY g",
+            "SELECT g, sum(DISTINCT x), count(x) FROM t GROUP BY g ORDER BY g",
+            "SELECT count(DISTINCT x), count(*), sum(y) FROM t",
+            "SELECT count(DISTINCT x), count(*), sum(y) FROM t WHERE y > 1000",
+            "SELECT upper(g), count(DISTINCT x + 1), count(1) FROM t GROUP BY upper(g) ORDER BY 1",
+        ] {
+            let (plain, _) = answer(false, sql).await;
+            let (rewritten, plan) = answer(true, sql).await;
+            assert_eq!(plain, rewritten, "{sql}");
+            assert!(
+                plan.contains("__spillway_distinct"),
+                "{sql} was not rewritten:\n{plan}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn aggregates_that_do_not_decompose_are_left_alone() {
+        let sql = "SELECT g, count(DISTINCT x), median(y) FROM t GROUP BY g ORDER BY g";
+        let (_, plan) = answer(true, sql).await;
+        assert!(!plan.contains("__spillway_distinct"), "{plan}");
     }
 }

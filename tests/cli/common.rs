@@ -243,3 +243,32 @@ pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
         .map(|line| line.split(',').map(str::to_string).collect())
         .collect()
 }
+
+/// Parse `--stats` output: the number before " spills".
+pub fn spill_count(stderr: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("spilled:"))
+        .expect("a spilled: line");
+    line.split_whitespace()
+        .nth(1)
+        .expect("count")
+        .parse()
+        .expect("number")
+}
+
+/// Parse `--stats` output: peak RSS in MiB (`peak RSS:      137.3 MiB`).
+pub fn peak_rss_mib(stderr: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("peak RSS:"))
+        .expect("a peak RSS: line");
+    let mut words = line.split_whitespace().skip(2);
+    let number: f64 = words.next().expect("number").parse().expect("a number");
+    match words.next() {
+        Some("KiB") => number / 1024.0,
+        Some("MiB") => number,
+        Some("GiB") => number * 1024.0,
+        other => panic!("unexpected unit {other:?} in {line}"),
+    }
+}

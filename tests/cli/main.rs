@@ -3,6 +3,7 @@
 
 mod common;
 mod errors;
+mod memory;
 mod output;
 mod query;
 mod reports;

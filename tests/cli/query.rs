@@ -1,6 +1,6 @@
 //! `spillway query`: formats, globs, compression, hive partitions, schemas, spilling.
 
-use crate::common::{cents, csv_rows, read_claims_csv, Workspace};
+use crate::common::{cents, csv_rows, read_claims_csv, spill_count, Workspace};
 use std::collections::BTreeMap;
 use std::io::Write;
 
@@ -240,19 +240,6 @@ fn a_script_runs_set_statements_then_its_query_from_a_file_or_stdin() {
     let from_stdin =
         ws.run_with_stdin(&["query", "-t", "t=data/a.csv", "--format", "csv"], &script);
     assert_eq!(from_stdin.success(), expected);
-}
-
-/// Parse `--stats` output: the number before " spills".
-fn spill_count(stderr: &str) -> u64 {
-    let line = stderr
-        .lines()
-        .find(|l| l.starts_with("spilled:"))
-        .expect("a spilled: line");
-    line.split_whitespace()
-        .nth(1)
-        .expect("count")
-        .parse()
-        .expect("number")
 }
 
 #[test]

@@ -1,0 +1,54 @@
+//! The process's global allocator: the system allocator, except that an allocation the
+//! operating system refuses (an address-space cap such as `ulimit -v`/`prlimit --as`, or an
+//! overcommit limit) ends the process with exit code 7 and one error line, the same as the
+//! memory pool running out, instead of Rust's default abort (SIGABRT, a core dump, and to a
+//! scheduler or shell a crash). Must not allocate on the failure path.
+//!
+//! Untracked memory is what reaches this point; the pool limit keeps the tracked part well
+//! below any such cap.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::Write;
+
+/// Exit code for resources exhausted (see `error::exit_code::RESOURCES`).
+const RESOURCES: i32 = 7;
+
+/// The system allocator with a clean exit when memory is refused.
+pub struct ExitOnExhaustion;
+
+// SAFETY: every call forwards to `System` with the caller's arguments unchanged.
+unsafe impl GlobalAlloc for ExitOnExhaustion {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        checked(unsafe { System.alloc(layout) })
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        checked(unsafe { System.alloc_zeroed(layout) })
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        checked(unsafe { System.realloc(ptr, layout, new_size) })
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+fn checked(ptr: *mut u8) -> *mut u8 {
+    if ptr.is_null() {
+        refused();
+    }
+    ptr
+}
+
+#[cold]
+fn refused() -> ! {
+    // Static text only: formatting would allocate.
+    let _ = std::io::stderr().write_all(
+        b"spillway: error: resources exhausted: the operating system refused memory \
+          (address-space or overcommit limit) beyond what the memory pool tracks; \
+          lower --memory-limit, --workers or --batch-size, or raise the process's limit\n",
+    );
+    std::process::exit(RESOURCES)
+}

@@ -1,0 +1,263 @@
+//! Query shapes DataFusion 55 cannot keep under a memory limit by itself, each under a limit
+//! far below its working set: the answer must be exact, and the work must have spilled (or,
+//! where nothing can spill, fail cleanly with exit 7). Expected answers come from a plain fold
+//! over the generated CSV.
+
+use crate::common::{cents, csv_rows, peak_rss_mib, read_claims_csv, spill_count, Workspace};
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+const ROWS: u64 = 300_000;
+const RETRY_WARNING: &str = "running the query again with a plan that spills more";
+
+fn claims_workspace() -> Workspace {
+    let ws = Workspace::new();
+    ws.gen_claims(ROWS, 2, "csv", "claims");
+    ws
+}
+
+#[test]
+fn a_hash_join_whose_build_side_does_not_fit_falls_back_to_a_spilling_sort_merge_join() {
+    let ws = claims_workspace();
+    let claims = read_claims_csv(&ws.path("claims"));
+    let total: i64 = claims.iter().map(|c| c.total_cost_cents).sum();
+    let lengths: usize = claims
+        .iter()
+        .map(|c| {
+            c.member_id.len() + c.diagnosis_code.len() + c.plan_id.len() + c.member_state.len()
+        })
+        .sum();
+    let out = ws.run(&[
+        "--memory-limit", "8MiB", "--workers", "2",
+        "query", "-t", "claims=claims/*.csv", "--stats", "--format", "csv",
+        "SELECT count(*) AS n, sum(b.total_cost) AS s, \
+         sum(length(a.member_id) + length(a.diagnosis_code) + length(b.plan_id) + length(b.member_state)) AS l \
+         FROM claims a JOIN claims b ON a.claim_id = b.claim_id",
+    ]);
+    let rows = csv_rows(out.success());
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0][0].parse::<usize>().unwrap(), claims.len());
+    assert_eq!(cents(&rows[0][1]), total);
+    assert_eq!(rows[0][2].parse::<usize>().unwrap(), lengths);
+    assert!(
+        out.stderr.contains("HashJoinInput"),
+        "the hash join should have run out first:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches(RETRY_WARNING).count(),
+        1,
+        "one warning:\n{}",
+        out.stderr
+    );
+    assert!(
+        spill_count(&out.stderr) > 0,
+        "expected spilling:\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn count_distinct_beside_other_aggregates_under_a_high_cardinality_group_by_spills() {
+    let ws = claims_workspace();
+    let claims = read_claims_csv(&ws.path("claims"));
+    let mut expected: BTreeMap<&str, (BTreeSet<&str>, i64, usize)> = BTreeMap::new();
+    for claim in &claims {
+        let entry = expected.entry(&claim.member_id).or_default();
+        entry.0.insert(&claim.ndc);
+        entry.1 += claim.total_cost_cents;
+        entry.2 += 1;
+    }
+    let out = ws.run(&[
+        "--memory-limit",
+        "16MiB",
+        "--workers",
+        "2",
+        "query",
+        "-t",
+        "claims=claims/*.csv",
+        "--stats",
+        "--format",
+        "csv",
+        "SELECT member_id, count(DISTINCT ndc) AS d, sum(total_cost) AS s, count(*) AS n \
+         FROM claims GROUP BY member_id ORDER BY member_id",
+    ]);
+    let rows = csv_rows(out.success());
+    assert_eq!(rows.len(), expected.len());
+    for (row, (member, (ndcs, total, fills))) in rows.iter().zip(&expected) {
+        assert_eq!(row[0], *member);
+        assert_eq!(
+            row[1].parse::<usize>().unwrap(),
+            ndcs.len(),
+            "member {member}"
+        );
+        assert_eq!(cents(&row[2]), *total, "member {member}");
+        assert_eq!(row[3].parse::<usize>().unwrap(), *fills, "member {member}");
+    }
+    assert!(
+        spill_count(&out.stderr) > 0,
+        "expected spilling:\n{}",
+        out.stderr
+    );
+    // Before the rewrite this query held every member's set of NDCs outside the pool: 2.9 GiB
+    // of RSS at 1M rows under a 64 MiB limit.
+    let rss = peak_rss_mib(&out.stderr);
+    assert!(rss < 400.0, "peak RSS {rss} MiB:\n{}", out.stderr);
+}
+
+#[test]
+fn order_by_with_a_large_limit_retries_as_a_spilling_sort() {
+    let ws = claims_workspace();
+    let mut claims = read_claims_csv(&ws.path("claims"));
+    claims.sort_by(|a, b| (b.total_cost_cents, a.claim_id).cmp(&(a.total_cost_cents, b.claim_id)));
+    let k = 150_000;
+    let out = ws.run(&[
+        "--memory-limit",
+        "16MiB",
+        "--workers",
+        "2",
+        "query",
+        "-t",
+        "claims=claims/*.csv",
+        "--stats",
+        "-o",
+        "top.csv",
+        "SELECT claim_id, member_id, diagnosis_code, plan_id, member_state, total_cost \
+         FROM claims ORDER BY total_cost DESC, claim_id LIMIT 150000",
+    ]);
+    out.success();
+    assert!(
+        out.stderr.contains("TopK"),
+        "the top-k heap should have run out first:\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.matches(RETRY_WARNING).count(),
+        1,
+        "one warning:\n{}",
+        out.stderr
+    );
+    assert!(
+        spill_count(&out.stderr) > 0,
+        "expected spilling:\n{}",
+        out.stderr
+    );
+    let rows = csv_rows(&std::fs::read_to_string(ws.path("top.csv")).unwrap());
+    let got: Vec<i64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
+    let want: Vec<i64> = claims[..k].iter().map(|c| c.claim_id).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_window_over_partitions_answers_exactly_and_its_sort_spills() {
+    let ws = claims_workspace();
+    let claims = read_claims_csv(&ws.path("claims"));
+    let mut per_plan: BTreeMap<&str, i64> = BTreeMap::new();
+    for claim in &claims {
+        *per_plan.entry(&claim.plan_id).or_default() += claim.total_cost_cents;
+    }
+    let out = ws.run(&[
+        "--memory-limit", "16MiB", "--workers", "2",
+        "query", "-t", "claims=claims/*.csv", "--stats", "-o", "window.csv",
+        "SELECT claim_id, plan_id, sum(total_cost) OVER (PARTITION BY plan_id) AS plan_total FROM claims",
+    ]);
+    out.success();
+    assert!(
+        spill_count(&out.stderr) > 0,
+        "expected spilling:\n{}",
+        out.stderr
+    );
+    let rows = csv_rows(&std::fs::read_to_string(ws.path("window.csv")).unwrap());
+    assert_eq!(rows.len(), claims.len());
+    for row in &rows {
+        assert_eq!(cents(&row[2]), per_plan[row[1].as_str()], "plan {}", row[1]);
+    }
+}
+
+#[test]
+fn a_window_whose_partition_cannot_fit_fails_cleanly_instead_of_growing_unseen() {
+    let ws = claims_workspace();
+    let out = ws.run(&[
+        "--memory-limit",
+        "16MiB",
+        "--workers",
+        "2",
+        "query",
+        "-t",
+        "claims=claims/*.csv",
+        "--stats",
+        "-o",
+        "window.csv",
+        "SELECT *, sum(total_cost) OVER (PARTITION BY member_state) AS state_total FROM claims",
+    ]);
+    let stderr = out.failure(7);
+    assert!(
+        stderr.contains("WindowAggExec input"),
+        "names the window:\n{stderr}"
+    );
+    assert!(!ws.path("window.csv").exists());
+}
+
+/// A q10-style group-by (every id column, nearly one group per row) under a 64 MiB pool,
+/// inside hard address-space caps from generous to tight: it succeeds with the right number
+/// of groups, or stops with exit 7 and one error line; it is never killed by a signal.
+#[test]
+fn under_a_hard_address_space_cap_the_process_succeeds_or_exits_7_never_dies_by_signal() {
+    let ws = Workspace::new();
+    ws.run(&[
+        "gen", "h2o", "--rows", "500000", "--groups", "100", "--out", "h2o", "--seed", "3",
+    ])
+    .success();
+    let text = std::fs::read_to_string(ws.path("h2o/h2o-00000.csv")).unwrap();
+    let groups: BTreeSet<&str> = text
+        .lines()
+        .skip(1)
+        .map(|line| line.rsplitn(4, ',').nth(3).unwrap())
+        .collect();
+    let binary_size = std::fs::metadata(env!("CARGO_BIN_EXE_spillway"))
+        .unwrap()
+        .len();
+    let mut succeeded = 0;
+    for cap_mib in [4096, 512, 300] {
+        let cap = (cap_mib << 20).max(binary_size + (64 << 20));
+        let mut command = Command::new("prlimit");
+        command
+            .arg(format!("--as={cap}"))
+            .arg(env!("CARGO_BIN_EXE_spillway"))
+            .args(["--memory-limit", "64MiB", "--workers", "2", "query", "-q"])
+            .args(["-t", "x=h2o", "-o", "q10.csv"])
+            .arg(
+                "SELECT id1, id2, id3, id4, id5, id6, sum(v3) AS v3, count(*) AS count \
+                  FROM x GROUP BY id1, id2, id3, id4, id5, id6",
+            )
+            .current_dir(ws.path("."));
+        let output = command.output().expect("prlimit (util-linux) runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        match output.status.code() {
+            Some(0) => {
+                let result = std::fs::read_to_string(ws.path("q10.csv")).unwrap();
+                assert_eq!(
+                    result.lines().count() - 1,
+                    groups.len(),
+                    "cap {cap_mib} MiB"
+                );
+                succeeded += 1;
+            }
+            Some(7) => {
+                assert_eq!(
+                    stderr
+                        .lines()
+                        .filter(|l| l.starts_with("spillway: error:"))
+                        .count(),
+                    1
+                );
+            }
+            other => panic!(
+                "cap {cap_mib} MiB: exit {other:?} ({}):\n{stderr}",
+                output.status
+            ),
+        }
+        let _ = std::fs::remove_file(ws.path("q10.csv"));
+    }
+    assert!(succeeded > 0, "a 4 GiB cap leaves room enough to finish");
+}
