@@ -502,4 +502,12 @@ mod tests {
         assert_eq!(batch_size_for(16 << 20, 2), 2048);
         assert_eq!(batch_size_for(1 << 20, 4), 1024);
     }
+
+    #[test]
+    fn spill_merges_fan_in_by_the_partition_share_of_memory() {
+        assert_eq!(spill_merge_fan_in(64 << 20, 2), 4);
+        assert_eq!(spill_merge_fan_in(8 << 20, 2), 2);
+        assert_eq!(spill_merge_fan_in(1 << 30, 2), 64);
+        assert_eq!(spill_merge_fan_in(64 << 30, 1), 256);
+    }
 }
