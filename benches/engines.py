@@ -14,8 +14,8 @@ This module owns the whole benchmark behind `benches/h2o.sh`:
   result file, computed here the same way for every engine and compared with a relative
   tolerance; a mismatch is flagged in the report and makes the command exit 1;
 - the report: Markdown (per regime, format x memory limit: seconds, ratio to DuckDB, peak RSS,
-  answer check; geometric means over q1-q10; machine facts and versions), a PNG chart beside it,
-  and the Markdown again on stdout.
+  answer check; geometric means over q1-q10; machine facts and versions), a PNG chart and every
+  run as JSON beside it, and the Markdown again on stdout.
 
 The harness itself imports only the standard library at top level, so `--help` works without
 the venv; pyarrow and matplotlib are imported where they are needed, and each worker imports
@@ -342,7 +342,8 @@ def ensure_data(bin_path, kind, rows, groups, files, fmt, bench_dir: Path) -> Pa
     shutil.rmtree(folder, ignore_errors=True)
     log(f"generating {kind}: {' '.join(command)}")
     started = time.perf_counter()
-    subprocess.run(command, check=True)
+    if subprocess.run(command).returncode != 0:
+        sys.exit(f"h2o: generating the {kind} data failed: {' '.join(command)}")
     log(f"  done in {time.perf_counter() - started:.1f}s")
     marker.write_text(json.dumps(recorded))
     return folder
@@ -627,11 +628,12 @@ def regime_table(regime: Regime, questions, engines) -> tuple[list[str], bool]:
             cells.append("")
         cells += ["", ""]
         lines.append("| " + " | ".join(cells) + " |")
-    failures = [(q.id, e, r) for q in questions for e in engines for r in regime.runs[(q.id, e)][:1]
-                if r.status != "ok"]
+    failures = [(q.id, e, i, r) for q in questions for e in engines
+                for i, r in enumerate(regime.runs[(q.id, e)], 1) if r.status != "ok"]
     if failures:
-        lines += ["", "Failures:", ""]
-        lines += [f"- {qid} {e}: {r.status} — {r.detail}" for qid, e, r in failures]
+        lines += ["", "Failures (a failed run is not repeated):", ""]
+        lines += [f"- {qid} {e}" + (f" (run {i})" if i > 1 else "") + f": {r.status} — {r.detail}"
+                  for qid, e, i, r in failures]
     return lines, any_mismatch
 
 
@@ -700,6 +702,8 @@ def write_chart(regimes, questions, engines, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.patches
+    import matplotlib.ticker
     count = len(regimes)
     figure, axes = plt.subplots(count, 1, figsize=(min(16, 3 + 0.7 * len(questions)), 3.4 * count),
                                 squeeze=False)
@@ -716,16 +720,23 @@ def write_chart(regimes, questions, engines, path: Path) -> None:
                     heights.append(max(s.seconds, 1e-3))
                 else:
                     failed.append((x, s.status))
-            axis.bar(xs, heights, width, label=engine_heading(engine, regime), color=colors.get(engine))
+            axis.bar(xs, heights, width, color=colors.get(engine))
             for x, status in failed:  # at the foot of the axes, whatever the scale
                 axis.text(x, 0.02, "×", transform=axis.get_xaxis_transform(), ha="center", va="bottom",
                           color=colors.get(engine), fontsize=12, fontweight="bold")
         axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(  # label 2x and 5x only
+            lambda value, _: f"{value:g}" if round(value / 10 ** math.floor(math.log10(value))) in (2, 5) else ""))
+        axis.tick_params(axis="y", which="minor", labelsize=7)
         axis.set_ylabel("seconds (log)")
         axis.set_title(regime.label + "   (× = failed or timed out)", fontsize=10)
         axis.set_xticks(range(len(questions)), [q.id for q in questions])
         axis.grid(axis="y", alpha=0.3)
-        axis.legend(fontsize=8, ncol=len(engines))
+        handles = [matplotlib.patches.Patch(color=colors.get(e), label=engine_heading(e, regime)) for e in engines]
+        axis.legend(handles=handles, fontsize=8, ncol=len(engines), loc="upper left")
+        bottom, top = axis.get_ylim()
+        axis.set_ylim(bottom, top * 2.5)  # room for the legend above the tallest bar
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -753,7 +764,20 @@ def write_report(regimes, questions, engines, ctx, out: Path) -> tuple[str, bool
         lines += ["**Some answers disagree: see MISMATCH above.**", ""]
     text = "\n".join(lines)
     out.write_text(text)
+    write_raw(regimes, ctx, out.with_suffix(".json"))
     return text, mismatch
+
+
+def write_raw(regimes, ctx, path: Path) -> None:
+    """Every run as JSON beside the report, for later comparisons."""
+    raw = {"started": ctx["started"], "command": ctx["command"], "rows": ctx["rows"], "groups": ctx["groups"],
+           "claims_rows": ctx["claims_rows"], "workers": ctx["workers"], "regimes": []}
+    for regime in regimes:
+        runs = [{"question": q, "engine": e, "status": r.status, "seconds": r.seconds, "rss_mib": r.rss_mib,
+                 "detail": r.detail, "checksum": r.checksum}
+                for (q, e), rs in regime.runs.items() for r in rs]
+        raw["regimes"].append({"format": regime.fmt, "memory_limit": regime.limit, "runs": runs})
+    path.write_text(json.dumps(raw, indent=1))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -888,7 +912,7 @@ def main(argv) -> int:
         shutil.rmtree(scratch, ignore_errors=True)
     report, mismatch = write_report(regimes, args.question_list, args.engine_list, ctx, out)
     print(report)
-    log(f"report: {out}\nchart:  {out.with_suffix('.png')}")
+    log(f"report: {out}\nchart:  {out.with_suffix('.png')}\nruns:   {out.with_suffix('.json')}")
     if mismatch:
         log("h2o: some engines disagree on an answer (MISMATCH in the report)")
         return 1
