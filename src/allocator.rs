@@ -9,6 +9,32 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Temporary output files to delete if the process has to exit this way (destructors do not
+/// run on `exit`). Registered while they exist; see [`remove_on_exhaustion`].
+static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Keeps a temporary file on the list of files deleted on an exhaustion exit; dropping it
+/// takes the file off the list (it was published or discarded).
+pub struct TemporaryGuard(PathBuf);
+
+/// Put `path` on the list of files deleted if memory is refused before it is published.
+pub fn remove_on_exhaustion(path: &Path) -> TemporaryGuard {
+    if let Ok(mut list) = TEMPORARIES.lock() {
+        list.push(path.to_path_buf());
+    }
+    TemporaryGuard(path.to_path_buf())
+}
+
+impl Drop for TemporaryGuard {
+    fn drop(&mut self) {
+        if let Ok(mut list) = TEMPORARIES.lock() {
+            list.retain(|registered| registered != &self.0);
+        }
+    }
+}
 
 /// Exit code for resources exhausted (see `error::exit_code::RESOURCES`).
 const RESOURCES: i32 = 7;
@@ -44,6 +70,13 @@ fn checked(ptr: *mut u8) -> *mut u8 {
 
 #[cold]
 fn refused() -> ! {
+    // `try_lock`: the failed allocation may have come from a thread holding the list's lock.
+    // Removing a short path builds its C string on the stack, without allocating.
+    if let Ok(list) = TEMPORARIES.try_lock() {
+        for path in list.iter() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
     // Static text only: formatting would allocate.
     let _ = std::io::stderr().write_all(
         b"spillway: error: resources exhausted: the operating system refused memory \

@@ -26,8 +26,9 @@ pub struct EngineArgs {
     /// Config file [default: ./spillway.toml if present]
     #[arg(long, global = true, env = "SPILLWAY_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Memory ceiling for query operators, e.g. 4GiB, 512MiB or 60% [default: 50% of the
-    /// machine's or cgroup's memory; the rest is headroom for untracked memory]
+    /// Memory ceiling for the process, e.g. 4GiB, 512MiB or 60%: 60% of it is the operators'
+    /// pool (they spill when it is full), the rest headroom for memory DataFusion does not track
+    /// [default: 50% of the machine's or cgroup's memory]
     #[arg(
         long,
         global = true,
@@ -338,7 +339,10 @@ pub fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<EngineOp
         }
         options.workers = *workers;
     }
-    options.batch_size = crate::engine::batch_size_for(options.memory_limit, options.workers);
+    options.batch_size = crate::engine::batch_size_for(
+        crate::engine::pool_size(options.memory_limit),
+        options.workers,
+    );
     if let Some((size, origin)) = pick(
         &args.batch_size,
         &file.batch_size,

@@ -263,6 +263,8 @@ enum Target {
     Stdout(BufWriter<io::Stdout>),
     File {
         temp: BufWriter<tempfile::NamedTempFile>,
+        /// Deletes the temporary file if the process must exit on refused memory.
+        _registered: crate::allocator::TemporaryGuard,
         path: PathBuf,
     },
     Object(ObjectUpload),
@@ -386,6 +388,7 @@ impl Target {
                     .tempfile_in(folder)
                     .map_err(|e| cannot(&e))?;
                 Ok(Target::File {
+                    _registered: crate::allocator::remove_on_exhaustion(temp.path()),
                     temp: BufWriter::with_capacity(1 << 20, temp),
                     path: path.clone(),
                 })
@@ -399,7 +402,7 @@ impl Target {
             Target::Stdout(mut out) => out
                 .flush()
                 .map_err(|e| Error::Output(format!("stdout: {e}"))),
-            Target::File { temp, path } => {
+            Target::File { temp, path, .. } => {
                 let failed = |e: &dyn std::fmt::Display| {
                     Error::Output(format!("cannot write {}: {e}", path.display()))
                 };

@@ -132,7 +132,7 @@ pub async fn run_statement(
         elapsed: started.elapsed(),
         spill: PlanTotals::of(&done.plan),
         peak_pool: engine.pool().peak(),
-        memory_limit: engine.options().memory_limit,
+        pool_limit: engine.pool_limit(),
         peak_rss: stats::peak_rss(),
     };
     Ok(StatementOutcome { output, stats })

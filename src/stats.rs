@@ -88,7 +88,7 @@ pub struct QueryStats {
     pub elapsed: Duration,
     pub spill: PlanTotals,
     pub peak_pool: usize,
-    pub memory_limit: u64,
+    pub pool_limit: u64,
     pub peak_rss: u64,
 }
 
@@ -115,7 +115,7 @@ impl fmt::Display for QueryStats {
             f,
             "peak memory:   {} of {} (pool)",
             human_bytes(self.peak_pool as u64),
-            human_bytes(self.memory_limit)
+            human_bytes(self.pool_limit)
         )?;
         write!(f, "peak RSS:      {}", human_bytes(self.peak_rss))
     }

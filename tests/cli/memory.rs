@@ -251,6 +251,12 @@ fn under_a_hard_address_space_cap_the_process_succeeds_or_exits_7_never_dies_by_
                         .count(),
                     1
                 );
+                let leftovers: Vec<_> = ws
+                    .files_below(".")
+                    .into_iter()
+                    .filter(|p| p.to_string_lossy().contains("spillway-tmp"))
+                    .collect();
+                assert!(leftovers.is_empty(), "cap {cap_mib} MiB left {leftovers:?}");
             }
             other => panic!(
                 "cap {cap_mib} MiB: exit {other:?} ({}):\n{stderr}",
