@@ -10,6 +10,7 @@
 use crate::catalog::{self, RegisteredTable, TableSpec};
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
+use crate::group_topk::TopKPerGroup;
 use crate::output::ObjectTarget;
 use crate::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TwoLevelDistinct};
 use crate::storage::{self, Location, StoreCounters};
@@ -209,8 +210,10 @@ pub struct RunningQuery {
 impl Engine {
     /// Build the session: memory pool, disk manager, parallelism, stores.
     pub fn new(options: EngineOptions) -> Result<Engine> {
-        let limit = usize::try_from(pool_size(options.memory_limit)).unwrap_or(usize::MAX);
-        let pool = Arc::new(PeakPool::new(limit));
+        let pool_bytes = pool_size(options.memory_limit);
+        let pool = Arc::new(PeakPool::new(
+            usize::try_from(pool_bytes).unwrap_or(usize::MAX),
+        ));
         let mut disk = DiskManagerBuilder::default();
         if let Some(dir) = &options.spill_dir {
             std::fs::create_dir_all(dir).map_err(|e| {
@@ -224,8 +227,7 @@ impl Engine {
         if let Some(max_spill) = options.max_spill {
             disk = disk.with_max_temp_directory_size(max_spill);
         }
-        disk = disk
-            .with_max_spill_merge_fan_in(spill_merge_fan_in(options.memory_limit, options.workers));
+        disk = disk.with_max_spill_merge_fan_in(spill_merge_fan_in(pool_bytes, options.workers));
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(disk)
@@ -240,6 +242,7 @@ impl Engine {
             .with_default_features()
             .with_optimizer_rule(Arc::new(TwoLevelDistinct))
             .with_physical_optimizer_rule(Arc::new(AccountWindowInput))
+            .with_physical_optimizer_rule(Arc::new(TopKPerGroup))
             .build();
         let ctx = SessionContext::new_with_state(state);
         Ok(Engine {
@@ -422,8 +425,7 @@ impl Engine {
 
     /// Start a statement again after it ran out of memory, with a plan that trades speed for
     /// spilling: sort-merge joins instead of hash joins (whose build side cannot spill), full
-    /// sorts instead of top-k heaps, no top-k aggregation, half-size batches and a small
-    /// merge reservation for sorts.
+    /// sorts instead of top-k heaps, no top-k aggregation and half-size batches.
     pub async fn execute_conservatively(&self, plan: LogicalPlan) -> Result<RunningQuery> {
         self.pool.reset_peak();
         // From the session's current settings, so a script's own `SET`s still hold.
