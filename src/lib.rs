@@ -4,7 +4,9 @@
 //! Data flows one way (see DESIGN.md): `cli`/`config` → `engine` (the one SessionContext) →
 //! `catalog` (tables from specs) → `storage` (locations, globs, object stores); results stream
 //! from the engine into `output`, with `stats` and `progress` alongside. `query` is the path
-//! every entry point uses to run SQL; `gen` makes deterministic test data.
+//! every entry point uses to run SQL; `gen` makes deterministic test data. The engine plans
+//! with Spillway's own rules where DataFusion 55 would not stay inside the memory limit
+//! (`rewrite`, `group_topk`), and `allocator` turns memory the OS refuses into exit code 7.
 
 pub mod allocator;
 pub mod catalog;
