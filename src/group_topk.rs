@@ -341,11 +341,13 @@ impl Candidates {
                 kept = true;
                 continue;
             }
-            let (worst, _) = candidates
+            let Some((worst, _)) = candidates
                 .iter()
                 .enumerate()
                 .max_by(|a, b| a.1.key.cmp(&b.1.key))
-                .expect("k >= 1 candidates");
+            else {
+                continue; // k is at least 1, so a full group is never empty
+            };
             if key.as_ref() < candidates[worst].key.as_ref() {
                 candidates[worst] = candidate();
                 kept = true;
