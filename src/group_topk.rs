@@ -251,6 +251,35 @@ struct Candidate {
     row: usize,
 }
 
+/// A group's candidates, and which of them a new row must beat once there are k.
+struct Group {
+    candidates: Vec<Candidate>,
+    worst: usize,
+    /// The first 8 bytes of the worst key, big-endian: most rows are rejected by comparing
+    /// this one integer (a profile of q8 showed half the time in `memcmp` without it).
+    worst_prefix: u64,
+}
+
+impl Group {
+    fn find_worst(&mut self) {
+        let mut worst = 0;
+        for (i, candidate) in self.candidates.iter().enumerate() {
+            if candidate.key > self.candidates[worst].key {
+                worst = i;
+            }
+        }
+        self.worst = worst;
+        self.worst_prefix = prefix(&self.candidates[worst].key);
+    }
+}
+
+fn prefix(key: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    let n = key.len().min(8);
+    bytes[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(bytes)
+}
+
 struct Candidates {
     schema: SchemaRef,
     partition_by: Vec<Arc<dyn PhysicalExpr>>,
@@ -258,7 +287,7 @@ struct Candidates {
     k: usize,
     group_rows: RowConverter,
     key_rows: RowConverter,
-    groups: HashMap<Box<[u8]>, Vec<Candidate>>,
+    groups: HashMap<Box<[u8]>, Group>,
     batches: Vec<RecordBatch>,
     key_bytes: usize,
     reservation: MemoryReservation,
@@ -321,13 +350,18 @@ impl Candidates {
         for row in 0..rows {
             let key = keys.row(row);
             let group = groups.row(row);
-            let candidates = match self.groups.get_mut(group.as_ref()) {
-                Some(candidates) => candidates,
+            let k = self.k;
+            let entry = match self.groups.get_mut(group.as_ref()) {
+                Some(entry) => entry,
                 None => {
                     self.key_bytes += group.as_ref().len();
                     self.groups
                         .entry(group.as_ref().into())
-                        .or_insert_with(|| Vec::with_capacity(self.k))
+                        .or_insert_with(|| Group {
+                            candidates: Vec::with_capacity(k),
+                            worst: 0,
+                            worst_prefix: 0,
+                        })
                 }
             };
             let candidate = || Candidate {
@@ -335,21 +369,23 @@ impl Candidates {
                 batch: batch_index,
                 row,
             };
-            if candidates.len() < self.k {
+            if entry.candidates.len() < k {
                 self.key_bytes += key.as_ref().len();
-                candidates.push(candidate());
+                entry.candidates.push(candidate());
+                if entry.candidates.len() == k {
+                    entry.find_worst();
+                }
                 kept = true;
                 continue;
             }
-            let Some((worst, _)) = candidates
-                .iter()
-                .enumerate()
-                .max_by(|a, b| a.1.key.cmp(&b.1.key))
-            else {
-                continue; // k is at least 1, so a full group is never empty
-            };
-            if key.as_ref() < candidates[worst].key.as_ref() {
-                candidates[worst] = candidate();
+            let key_prefix = prefix(key.as_ref());
+            let better = key_prefix < entry.worst_prefix
+                || (key_prefix == entry.worst_prefix
+                    && key.as_ref() < entry.candidates[entry.worst].key.as_ref());
+            if better {
+                let worst = entry.worst;
+                entry.candidates[worst] = candidate();
+                entry.find_worst();
                 kept = true;
             }
         }
@@ -372,8 +408,8 @@ impl Candidates {
             return Ok(());
         }
         let mut indices = Vec::new();
-        for candidates in self.groups.values_mut() {
-            for candidate in candidates.iter_mut() {
+        for group in self.groups.values_mut() {
+            for candidate in group.candidates.iter_mut() {
                 indices.push((candidate.batch, candidate.row));
                 candidate.batch = 0;
                 candidate.row = indices.len() - 1;
