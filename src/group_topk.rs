@@ -105,9 +105,7 @@ fn with_group_topk(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn Execu
         order_by.to_vec(),
         k,
     ));
-    #[allow(deprecated)]
     let sort = node_with_child(window.input(), topk)?;
-    #[allow(deprecated)]
     let window = node_with_child(filter.input(), sort)?;
     Ok(Some(node_with_child(node, window)?))
 }

@@ -10,6 +10,21 @@ use std::process::Command;
 const ROWS: u64 = 300_000;
 const RETRY_WARNING: &str = "running the query again with a plan that spills more";
 
+/// The first plan ran out of memory in `consumer`, the retry was announced once, and the
+/// second plan spilled.
+fn assert_retried_and_spilled(stderr: &str, consumer: &str) {
+    assert!(
+        stderr.contains(consumer),
+        "{consumer} should have run out first:\n{stderr}"
+    );
+    assert_eq!(
+        stderr.matches(RETRY_WARNING).count(),
+        1,
+        "one warning:\n{stderr}"
+    );
+    assert!(spill_count(stderr) > 0, "expected spilling:\n{stderr}");
+}
+
 fn claims_workspace() -> Workspace {
     let ws = Workspace::new();
     ws.gen_claims(ROWS, 2, "csv", "claims");
@@ -39,22 +54,7 @@ fn a_hash_join_whose_build_side_does_not_fit_falls_back_to_a_spilling_sort_merge
     assert_eq!(rows[0][0].parse::<usize>().unwrap(), claims.len());
     assert_eq!(cents(&rows[0][1]), total);
     assert_eq!(rows[0][2].parse::<usize>().unwrap(), lengths);
-    assert!(
-        out.stderr.contains("HashJoinInput"),
-        "the hash join should have run out first:\n{}",
-        out.stderr
-    );
-    assert_eq!(
-        out.stderr.matches(RETRY_WARNING).count(),
-        1,
-        "one warning:\n{}",
-        out.stderr
-    );
-    assert!(
-        spill_count(&out.stderr) > 0,
-        "expected spilling:\n{}",
-        out.stderr
-    );
+    assert_retried_and_spilled(&out.stderr, "HashJoinInput");
 }
 
 #[test]
@@ -126,22 +126,7 @@ fn order_by_with_a_large_limit_retries_as_a_spilling_sort() {
          FROM claims ORDER BY total_cost DESC, claim_id LIMIT 150000",
     ]);
     out.success();
-    assert!(
-        out.stderr.contains("TopK"),
-        "the top-k heap should have run out first:\n{}",
-        out.stderr
-    );
-    assert_eq!(
-        out.stderr.matches(RETRY_WARNING).count(),
-        1,
-        "one warning:\n{}",
-        out.stderr
-    );
-    assert!(
-        spill_count(&out.stderr) > 0,
-        "expected spilling:\n{}",
-        out.stderr
-    );
+    assert_retried_and_spilled(&out.stderr, "TopK");
     let rows = csv_rows(&std::fs::read_to_string(ws.path("top.csv")).unwrap());
     let got: Vec<i64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
     let want: Vec<i64> = claims[..k].iter().map(|c| c.claim_id).collect();
