@@ -244,12 +244,9 @@ impl RegisteredTable {
     }
 }
 
-/// Resolve a table's files, settle its format and schema, and register it in `ctx`.
-pub async fn register(
-    ctx: &SessionContext,
-    store: &Arc<dyn ObjectStore>,
-    spec: &TableSpec,
-) -> Result<RegisteredTable> {
+/// Where a table's files are listed from: its location, or for a hive-partitioned table its
+/// root folder. Errors name the table.
+pub fn listing_location(spec: &TableSpec) -> Result<Location> {
     let in_table = |e: Error| e.context(format!("table `{}`", spec.name));
     let mut location = Location::parse(&spec.location).map_err(in_table)?;
     if !spec.partition_columns.is_empty() {
@@ -261,6 +258,17 @@ pub async fn register(
         }
         location = location.as_folder();
     }
+    Ok(location)
+}
+
+/// Resolve a table's files, settle its format and schema, and register it in `ctx`.
+pub async fn register(
+    ctx: &SessionContext,
+    store: &Arc<dyn ObjectStore>,
+    spec: &TableSpec,
+) -> Result<RegisteredTable> {
+    let in_table = |e: Error| e.context(format!("table `{}`", spec.name));
+    let location = listing_location(spec)?;
     let mut resolved = storage::resolve(store, &location).await.map_err(in_table)?;
     let (format, compression, tab) = settle_format(spec, &resolved).map_err(in_table)?;
     let extension = data_extension(&resolved, format, compression, tab);

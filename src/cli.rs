@@ -81,7 +81,65 @@ pub enum Command {
     /// Run scheduled reports: a daemon that fires each report on its cron schedule
     #[command(after_help = EXIT_CODES_HELP)]
     Schedule(ScheduleArgs),
+    /// Serve tables and reports over the PostgreSQL wire protocol (psql, BI dashboards)
+    #[command(after_help = SERVE_HELP)]
+    Serve(ServeArgs),
+    /// Print a SCRAM-SHA-256 verifier for a password read from stdin (for [server.users])
+    Password(PasswordArgs),
 }
+
+/// Help text after `serve --help`: the config it reads and how clients connect.
+pub const SERVE_HELP: &str = "\
+Settings come from flags, else [server] in spillway.toml:
+  [server]
+  listen = \"127.0.0.1:5432\"        # a non-loopback address needs [server.users]
+  max_connections = 64
+  statement_timeout = \"5m\"         # clients may lower it with SET statement_timeout
+  query_memory = \"25%\"             # of the memory pool, per statement
+  cache_size = \"256MiB\"            # dashboard result cache; 0 turns it off
+  tls_cert = \"server.crt\"          # PEM; with tls_key, TLS is required by default
+  tls_key = \"server.key\"
+  [server.users.analyst]
+  scram = \"SCRAM-SHA-256$4096:...\" # from `spillway password`; or password_env = \"VAR\"
+
+Connect: psql \"host=127.0.0.1 port=5432 user=analyst dbname=spillway sslmode=require\"
+Read-only: queries, EXPLAIN, SHOW, cursors; DDL, DML, COPY, file paths and engine SETs are refused.
+SHOW spillway_stats shows connections, cache hits and misses, and memory.";
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Folder of report .sql files served as views (parameterised ones as table functions)
+    /// [default: `[reports] folder`, else queries]
+    #[arg(long, value_name = "DIR")]
+    pub queries: Option<PathBuf>,
+    /// A table: NAME=LOCATION (as for `query`); config tables are served too
+    #[arg(short = 't', long = "table", value_name = "NAME=LOCATION")]
+    pub tables: Vec<String>,
+    /// Address to listen on [default: `[server] listen`, else 127.0.0.1:5432]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+    /// Connections at once; the next client gets an error [default: 64]
+    #[arg(long, value_name = "N")]
+    pub max_connections: Option<usize>,
+    /// Longest a statement may run, e.g. 30s, 5m; 0 for no limit [default: 5m]
+    #[arg(long, value_name = "DURATION")]
+    pub statement_timeout: Option<String>,
+    /// Memory one statement may hold: a size or a share of the pool [default: 25%]
+    #[arg(long, value_name = "SIZE|PERCENT")]
+    pub query_memory: Option<String>,
+    /// Result cache for repeated dashboard queries; 0 turns it off [default: 256MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub cache_size: Option<String>,
+    /// TLS certificate chain (PEM) [default: `[server] tls_cert`]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM, PKCS#8 or RSA) [default: `[server] tls_key`]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PasswordArgs {}
 
 /// Where reports and their tables come from.
 #[derive(Debug, Args)]

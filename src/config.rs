@@ -28,6 +28,42 @@ pub struct ConfigFile {
     pub storage: StorageSection,
     #[serde(default)]
     pub reports: ReportsSection,
+    #[serde(default)]
+    pub server: ServerSection,
+}
+
+/// `[server]`: the Postgres wire server (`spillway serve`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// `HOST:PORT` to listen on (default `127.0.0.1:5432`). A non-loopback address needs users.
+    pub listen: Option<String>,
+    /// Connections served at once; the next client is refused with an error (default 64).
+    pub max_connections: Option<usize>,
+    /// Longest a statement may run, e.g. `5min`, `30s` (default 5min; `0` for none). Clients may
+    /// lower it with `SET statement_timeout`, not raise it.
+    pub statement_timeout: Option<String>,
+    /// Most memory one statement may hold: a size (`256MiB`) or a share of the pool (`25%`).
+    pub query_memory: Option<String>,
+    /// Memory for cached dashboard results (default `256MiB`; `0` turns the cache off).
+    pub cache_size: Option<String>,
+    /// PEM certificate chain and PKCS#8 key: with both, clients may (and by default must) use TLS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Refuse connections without TLS (default: true when a certificate is configured).
+    pub require_tls: Option<bool>,
+    /// `[server.users.NAME]`: who may log in (SCRAM-SHA-256).
+    #[serde(default)]
+    pub users: BTreeMap<String, UserSection>,
+}
+
+/// `[server.users.NAME]`: one login. Exactly one of `scram` (a stored verifier, as
+/// `spillway password` prints) or `password_env` (the variable holding the password).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSection {
+    pub scram: Option<String>,
+    pub password_env: Option<String>,
 }
 
 /// `[reports]`: where saved reports live and where their runs are recorded.

@@ -189,6 +189,80 @@ impl MemoryPool for PeakPool {
     }
 }
 
+/// A share of another pool: one statement may reserve at most `cap` bytes of the shared pool,
+/// so a runaway query on one server connection fails on its own instead of starving the
+/// others. Reservations still go through the shared pool (and its fair spilling).
+#[derive(Debug)]
+pub struct CappedPool {
+    shared: Arc<dyn MemoryPool>,
+    cap: usize,
+    used: AtomicUsize,
+}
+
+impl CappedPool {
+    pub fn new(shared: Arc<dyn MemoryPool>, cap: usize) -> Self {
+        Self {
+            shared,
+            cap,
+            used: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl fmt::Display for CappedPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CappedPool(cap {} of {})", self.cap, self.shared)
+    }
+}
+
+impl MemoryPool for CappedPool {
+    fn name(&self) -> &str {
+        "CappedPool"
+    }
+    fn register(&self, consumer: &MemoryConsumer) {
+        self.shared.register(consumer)
+    }
+    fn unregister(&self, consumer: &MemoryConsumer) {
+        self.shared.unregister(consumer)
+    }
+    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
+        self.shared.grow(reservation, additional);
+        self.used.fetch_add(additional, Ordering::Relaxed);
+    }
+    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
+        self.shared.shrink(reservation, shrink);
+        self.used.fetch_sub(shrink, Ordering::Relaxed);
+    }
+    fn try_grow(
+        &self,
+        reservation: &MemoryReservation,
+        additional: usize,
+    ) -> datafusion::error::Result<()> {
+        let used = self.used.load(Ordering::Relaxed);
+        if used.saturating_add(additional) > self.cap {
+            return Err(datafusion::error::DataFusionError::ResourcesExhausted(
+                format!(
+                    "Failed to allocate additional {} for {}: this statement already holds {} \
+                 of its {} cap ([server] query_memory)",
+                    crate::stats::human_bytes(additional as u64),
+                    reservation.consumer().name(),
+                    crate::stats::human_bytes(used as u64),
+                    crate::stats::human_bytes(self.cap as u64),
+                ),
+            ));
+        }
+        self.shared.try_grow(reservation, additional)?;
+        self.used.fetch_add(additional, Ordering::Relaxed);
+        Ok(())
+    }
+    fn reserved(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+    fn memory_limit(&self) -> MemoryLimit {
+        MemoryLimit::Finite(self.cap)
+    }
+}
+
 /// A configured DataFusion session with Spillway's tables registered.
 pub struct Engine {
     ctx: SessionContext,
@@ -421,6 +495,27 @@ impl Engine {
         while self.pool.reserved() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
+    }
+
+    /// A session of its own for one server connection: the same tables, functions and
+    /// settings, and the same memory pool and spill folder, but each statement may take at
+    /// most `memory_cap` bytes of the pool. DataFusion's listing cache is off here: the server
+    /// re-lists a table's files before each query (see `serve`), and a cached listing would
+    /// hand a changed file's old size to the reader.
+    pub fn session_with_memory_cap(&self, memory_cap: usize) -> Result<SessionContext> {
+        let base = self.ctx.runtime_env();
+        let mut cache = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+            .with_list_files_cache_limit(0);
+        cache.file_metadata_cache = Some(base.cache_manager.get_file_metadata_cache());
+        let pool: Arc<dyn MemoryPool> = self.pool.clone();
+        let runtime = RuntimeEnvBuilder::from_runtime_env(&base)
+            .with_memory_pool(Arc::new(CappedPool::new(pool, memory_cap)))
+            .with_cache_manager(cache)
+            .build_arc()?;
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_runtime_env(runtime)
+            .build();
+        Ok(SessionContext::new_with_state(state))
     }
 
     /// Start a statement again after it ran out of memory, with a plan that trades speed for

@@ -24,6 +24,7 @@ pub mod report;
 pub mod reporting;
 pub mod rewrite;
 pub mod schedule;
+pub mod serve;
 pub mod signal;
 pub mod stats;
 pub mod storage;

@@ -19,7 +19,7 @@ static ALLOCATOR: spillway::allocator::ExitOnExhaustion = spillway::allocator::E
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs one line per run at info level; other commands only warn.
-    let daemon = matches!(cli.command, Command::Schedule(_));
+    let daemon = matches!(cli.command, Command::Schedule(_) | Command::Serve(_));
     init_logging(if daemon { "info" } else { "warn" });
     let outcome = load_config(&cli).and_then(|(config, options)| run(cli, config, options));
     match outcome {
@@ -55,7 +55,7 @@ fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
     // The daemon stops gracefully on its own signal handling (finish or cancel running
     // reports, exit 0); every other command is cancelled by dropping it.
-    let daemon = matches!(cli.command, Command::Schedule(_));
+    let daemon = matches!(cli.command, Command::Schedule(_) | Command::Serve(_));
     let result = runtime.block_on(async move {
         if daemon {
             return dispatch(cli, config, options).await;
@@ -103,7 +103,64 @@ async fn dispatch(cli: Cli, config: ConfigFile, options: EngineOptions) -> Resul
             let context = commands::context(&args.source, &config, options)?;
             commands::schedule(context, &args, &config).await
         }
+        Command::Serve(args) => serve(args, &config, options).await,
+        Command::Password(_) => password(),
     }
+}
+
+/// `serve`: register the tables, load the reports, and serve until SIGTERM (exit 0).
+async fn serve(args: cli::ServeArgs, config: &ConfigFile, options: EngineOptions) -> Result<()> {
+    let sql = cli::SqlArgs {
+        sql: None,
+        file: None,
+        tables: args.tables.clone(),
+        table_formats: Vec::new(),
+        infer_rows: None,
+    };
+    let specs = cli::table_specs(&sql, config)?;
+    let folder = args
+        .queries
+        .clone()
+        .or_else(|| config.reports.folder.clone())
+        .unwrap_or_else(|| std::path::PathBuf::from("queries"));
+    let reports = if folder.is_dir() || args.queries.is_some() {
+        spillway::report::load_reports(&folder).map_err(Error::from)?
+    } else {
+        Vec::new()
+    };
+    let flags = spillway::serve::ServeFlags {
+        listen: args.listen,
+        max_connections: args.max_connections,
+        statement_timeout: args.statement_timeout,
+        query_memory: args.query_memory,
+        cache_size: args.cache_size,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+    };
+    let pool = spillway::engine::pool_size(options.memory_limit);
+    let serve_options = spillway::serve::ServeOptions::resolve(&flags, &config.server, pool)?;
+    let mut engine = Engine::new(options)?;
+    for spec in &specs {
+        engine.register_table(spec).await?;
+    }
+    spillway::serve::run(engine, specs, reports, serve_options).await
+}
+
+/// `password`: read one line from stdin, print its SCRAM-SHA-256 verifier.
+fn password() -> Result<()> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| Error::Usage(format!("cannot read the password from stdin: {e}")))?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    if password.is_empty() {
+        return Err(Error::Usage(
+            "give the password on stdin, e.g. `printf %s \"$PW\" | spillway password`".into(),
+        ));
+    }
+    let verifier = spillway::serve::Verifier::from_password(password).map_err(Error::Internal)?;
+    println!("{verifier}");
+    Ok(())
 }
 
 /// Data generation is CPU work on its own threads: keep it off the async workers.

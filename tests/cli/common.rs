@@ -272,3 +272,28 @@ pub fn peak_rss_mib(stderr: &str) -> f64 {
         other => panic!("unexpected unit {other:?} in {line}"),
     }
 }
+
+/// The generated claims as a configured table with its explicit schema (`claims/*.csv`).
+pub const CLAIMS_TABLE: &str = r#"[tables.claims]
+location = "claims/*.csv"
+format = "csv"
+
+[tables.claims.schema]
+claim_id = "int64"
+member_id = "string"
+fill_date = "date"
+ndc = "string"
+brand_generic = "string"
+diagnosis_code = "string"
+prescriber_npi = "string"
+pharmacy_npi = "string"
+plan_id = "string"
+member_state = "string"
+days_supply = "int32"
+quantity = "decimal(10,3)"
+ingredient_cost = "decimal(12,2)"
+dispensing_fee = "decimal(8,2)"
+copay = "decimal(10,2)"
+plan_paid = "decimal(12,2)"
+total_cost = "decimal(12,2)"
+"#;

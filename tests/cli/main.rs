@@ -9,3 +9,5 @@ mod query;
 mod reports;
 mod s3;
 mod schedule;
+mod serve;
+mod serve_python;

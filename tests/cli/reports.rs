@@ -2,7 +2,7 @@
 //! plain fold over the generated CSV text, parameters bound as values (never spliced into SQL),
 //! and the success manifest written beside the output.
 
-use crate::common::{cents, csv_rows, read_claims_csv, Claim, Workspace};
+use crate::common::{cents, csv_rows, read_claims_csv, Claim, Workspace, CLAIMS_TABLE};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -10,29 +10,6 @@ use std::path::Path;
 
 /// The claims table with every column typed as DESIGN.md says, so money is exact decimals and
 /// codes keep their leading zeros.
-const CLAIMS_TABLE: &str = r#"[tables.claims]
-location = "claims/*.csv"
-format = "csv"
-
-[tables.claims.schema]
-claim_id = "int64"
-member_id = "string"
-fill_date = "date"
-ndc = "string"
-brand_generic = "string"
-diagnosis_code = "string"
-prescriber_npi = "string"
-pharmacy_npi = "string"
-plan_id = "string"
-member_state = "string"
-days_supply = "int32"
-quantity = "decimal(10,3)"
-ingredient_cost = "decimal(12,2)"
-dispensing_fee = "decimal(8,2)"
-copay = "decimal(10,2)"
-plan_paid = "decimal(12,2)"
-total_cost = "decimal(12,2)"
-"#;
 
 /// The time every run is started `--at`; its date names the output file.
 const AT: &str = "2024-06-01";
