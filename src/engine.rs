@@ -512,7 +512,14 @@ impl Engine {
             .with_memory_pool(Arc::new(CappedPool::new(pool, memory_cap)))
             .with_cache_manager(cache)
             .build_arc()?;
+        // A sort keeps this much back for merging its spill files: scaled to the statement's
+        // cap, as `session_config` scales it to the pool, or a capped sort could never spill.
+        let mut config = self.ctx.state().config().clone();
+        let per_partition = memory_cap as u64 / (8 * self.options.workers.max(1) as u64);
+        config.options_mut().execution.sort_spill_reservation_bytes =
+            per_partition.clamp(256 << 10, 10 << 20) as usize;
         let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_config(config)
             .with_runtime_env(runtime)
             .build();
         Ok(SessionContext::new_with_state(state))

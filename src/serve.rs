@@ -69,14 +69,14 @@ pub struct ServeFlags {
 impl ServeOptions {
     /// Merge flags over `[server]`; `pool` is the engine's memory pool in bytes (for `25%`).
     pub fn resolve(flags: &ServeFlags, section: &ServerSection, pool: u64) -> Result<ServeOptions> {
-        let pick =
-            |flag: &Option<String>, key: &Option<String>, flag_name: &str, key_name: &str| match (
-                flag, key,
-            ) {
-                (Some(value), _) => Some((value.clone(), flag_name.to_string(), true)),
-                (None, Some(value)) => Some((value.clone(), format!("server.{key_name}"), false)),
-                (None, None) => None,
-            };
+        let pick = |flag: &Option<String>,
+                    key: &Option<String>,
+                    flag_name: &str,
+                    key_name: &str| match (flag, key) {
+            (Some(value), _) => Some((value.clone(), flag_name.to_string(), true)),
+            (None, Some(value)) => Some((value.clone(), format!("server.{key_name}"), false)),
+            (None, None) => None,
+        };
         let error = |origin: &str, from_flag: bool, message: String| {
             if from_flag {
                 Error::Usage(format!("{origin}: {message}"))
@@ -259,9 +259,38 @@ pub async fn run(
         Some((cert, key)) => Some(tls_acceptor(cert, key)?),
         None => None,
     };
+    // Statements execute on their own threads (see `session`); this runtime keeps the
+    // protocol, timers and cancel requests.
+    let queries = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(engine.options().workers.max(1))
+        .thread_name("spillway-query")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Internal(format!("cannot start the query runtime: {e}")))?;
+    let result = serve_until_stopped(
+        engine,
+        tables,
+        reports,
+        options,
+        tls,
+        queries.handle().clone(),
+    )
+    .await;
+    queries.shutdown_background();
+    result
+}
+
+async fn serve_until_stopped(
+    engine: Engine,
+    tables: Vec<TableSpec>,
+    reports: Vec<ReportDefinition>,
+    options: ServeOptions,
+    tls: Option<pgwire::tokio::TlsAcceptor>,
+    queries: tokio::runtime::Handle,
+) -> Result<()> {
     let table_count = tables.len();
     let report_count = reports.len();
-    let server = Server::start(engine, tables, reports, &options).await?;
+    let server = Server::start(engine, tables, reports, &options, queries).await?;
     let listener = TcpListener::bind(options.listen)
         .await
         .map_err(|e| Error::Usage(format!("--listen {}: cannot listen: {e}", options.listen)))?;

@@ -63,10 +63,12 @@ pub fn check(statement: &Statement) -> Result<(), String> {
         | Statement::Close { .. }
         | Statement::Discard { .. }
         | Statement::Deallocate { .. } => return Ok(()),
-        other => return Err(format!(
+        other => {
+            return Err(format!(
             "{} is not allowed: this server is read-only (queries, EXPLAIN, SHOW and cursors only)",
             statement_kind(other)
-        )),
+        ))
+        }
     }
     check_relations(statement)
 }

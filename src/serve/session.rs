@@ -84,7 +84,7 @@ struct Counters {
 pub struct Server {
     engine: Arc<Engine>,
     hooks: Vec<Arc<dyn QueryHook>>,
-    parser: Arc<Parser>,
+    parser: Arc<GuardedParser>,
     statement_timeout: Option<Duration>,
     query_memory: usize,
     cache: ResultCache,
@@ -96,6 +96,10 @@ pub struct Server {
     cancels: Mutex<HashMap<(i32, Bytes), watch::Sender<u64>>>,
     counters: Counters,
     active: AtomicU64,
+    /// Where statements execute: DataFusion's tasks run here, never on the threads that
+    /// speak the protocol, so timeouts, cancel requests and other clients are answered while
+    /// a heavy statement keeps every query thread busy.
+    queries: tokio::runtime::Handle,
 }
 
 impl Server {
@@ -106,6 +110,7 @@ impl Server {
         tables: Vec<TableSpec>,
         reports: Vec<ReportDefinition>,
         options: &ServeOptions,
+        queries: tokio::runtime::Handle,
     ) -> Result<Arc<Server>> {
         let engine = Arc::new(engine);
         let ctx = engine.context();
@@ -151,8 +156,9 @@ impl Server {
         ];
         // Statements of the extended protocol are planned on the shared session (the tables
         // and functions are the same in every connection's) and run on the connection's own.
-        let parser =
-            DfSessionService::new_with_hooks(Arc::new(ctx.clone()), hooks.clone()).query_parser();
+        let parser = Arc::new(GuardedParser(
+            DfSessionService::new_with_hooks(Arc::new(ctx.clone()), hooks.clone()).query_parser(),
+        ));
         let mut parameters = DefaultServerParameterProvider::default();
         parameters.server_version = guard::SERVER_VERSION.to_string();
         parameters.is_superuser = false;
@@ -172,6 +178,7 @@ impl Server {
             cancels: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             active: AtomicU64::new(0),
+            queries,
         });
         late_stats.set(&server);
         Ok(server)
@@ -450,7 +457,15 @@ impl TableWatch {
                 tracing::info!(table = %spec.name, "files changed: registering the table again");
                 let location = catalog::listing_location(spec)?;
                 let store = self.engine.store_for(&location, spec.s3.as_ref())?;
-                catalog::register(self.engine.context(), &store, spec).await?;
+                let ctx = self.engine.context();
+                let previous = ctx.deregister_table(spec.name.as_str())?;
+                if let Err(error) = catalog::register(ctx, &store, spec).await {
+                    // Keep serving the old files rather than no table at all.
+                    if let Some(previous) = previous {
+                        let _ = ctx.register_table(spec.name.as_str(), previous);
+                    }
+                    return Err(error);
+                }
                 known.insert(name.clone(), now);
                 changed = true;
             }
@@ -747,6 +762,50 @@ impl PgWireServerHandlers for Refuse {
 // Statements
 // ---------------------------------------------------------------------------------------------
 
+/// datafusion-postgres's parser, with the guard's answer for SQL it cannot parse (`FROM
+/// '/etc/passwd'` is not PostgreSQL syntax, but the client should hear why it is refused).
+pub struct GuardedParser(Arc<Parser>);
+
+#[async_trait]
+impl pgwire::api::stmt::QueryParser for GuardedParser {
+    type Statement = DfStatement;
+
+    async fn parse_sql<C>(
+        &self,
+        client: &C,
+        sql: &str,
+        types: &[Option<pgwire::api::Type>],
+    ) -> PgWireResult<Option<Self::Statement>>
+    where
+        C: ClientInfo + Unpin + Send + Sync,
+    {
+        match self.0.parse_sql(client, sql, types).await {
+            Err(error) => match guard::refuse_unparsed(sql) {
+                Some(refusal) if PostgresCompatibilityParser::new().parse(sql).is_err() => {
+                    Err(guard::refused(refusal))
+                }
+                _ => Err(error),
+            },
+            parsed => parsed,
+        }
+    }
+
+    fn get_parameter_types(
+        &self,
+        statement: &Self::Statement,
+    ) -> PgWireResult<Vec<pgwire::api::Type>> {
+        self.0.get_parameter_types(statement)
+    }
+
+    fn get_result_schema(
+        &self,
+        statement: &Self::Statement,
+        format: Option<&pgwire::api::portal::Format>,
+    ) -> PgWireResult<Vec<pgwire::api::results::FieldInfo>> {
+        self.0.get_result_schema(statement, format)
+    }
+}
+
 struct Queries {
     server: Arc<Server>,
 }
@@ -840,6 +899,7 @@ impl Queries {
         plan: &Plan,
         work: impl std::future::Future<Output = PgWireResult<T>>,
     ) -> PgWireResult<T> {
+        let work = in_runtime(&self.server.queries, work);
         let result = match plan.deadline {
             Some((deadline, timeout)) => {
                 match tokio::time::timeout_at(deadline.into(), work).await {
@@ -877,8 +937,19 @@ impl Queries {
             bytes: 0,
             limit: self.server.cache.entry_limit(),
         });
+        let (sender, receiver) = tokio::sync::mpsc::channel(ROW_CHANNEL);
+        let mut inner = response.data_rows;
+        let producer = self.server.queries.spawn(async move {
+            while let Some(row) = inner.next().await {
+                let failed = row.is_err();
+                if sender.send(row).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
         let state = RowState {
-            rows: response.data_rows,
+            rows: receiver,
+            producer: AbortOnDrop(producer.abort_handle()),
             deadline: plan.deadline,
             cancel: connection.cancel.clone(),
             generation: plan.generation,
@@ -930,8 +1001,36 @@ struct Tee {
     limit: usize,
 }
 
+/// Rows buffered between the statement's task and the connection.
+const ROW_CHANNEL: usize = 4096;
+
+/// Stops the statement's task (and so its plan) when the rows are no longer wanted: on an
+/// error, a timeout, a cancel request, or a client that went away mid-result.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Poll `work` with `runtime` as the current runtime, so that the tasks DataFusion spawns
+/// while planning and starting a statement run there.
+async fn in_runtime<F: std::future::Future>(
+    runtime: &tokio::runtime::Handle,
+    work: F,
+) -> F::Output {
+    let mut work = std::pin::pin!(work);
+    std::future::poll_fn(|cx| {
+        let _entered = runtime.enter();
+        work.as_mut().poll(cx)
+    })
+    .await
+}
+
 struct RowState {
-    rows: pgwire::api::results::SendableRowStream,
+    rows: tokio::sync::mpsc::Receiver<PgWireResult<DataRow>>,
+    producer: AbortOnDrop,
     deadline: Option<(Instant, Duration)>,
     cancel: watch::Receiver<u64>,
     generation: u64,
@@ -973,7 +1072,7 @@ async fn next_row(mut state: RowState) -> Option<(PgWireResult<DataRow>, RowStat
             let timeout = state.deadline.map(|(_, t)| t).unwrap_or_default();
             Err(statement_timeout_error(timeout))
         }
-        row = state.rows.next() => Ok(row),
+        row = state.rows.recv() => Ok(row),
     };
     match next {
         Ok(Some(Ok(row))) => {
@@ -1008,10 +1107,12 @@ async fn next_row(mut state: RowState) -> Option<(PgWireResult<DataRow>, RowStat
             None
         }
         Ok(Some(Err(error))) | Err(error) => {
-            // Dropping the inner stream now stops the plan and frees its memory.
+            // Stopping the task drops the plan's stream, which stops the plan and frees its
+            // memory at its next yield.
             state.done = true;
             state.tee = None;
-            state.rows = Box::pin(futures::stream::empty());
+            state.producer.0.abort();
+            state.rows.close();
             state.server.counters.failed.fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 rows = state.sent,
@@ -1079,7 +1180,7 @@ impl SimpleQueryHandler for Queries {
 #[async_trait]
 impl ExtendedQueryHandler for Queries {
     type Statement = DfStatement;
-    type QueryParser = Parser;
+    type QueryParser = GuardedParser;
 
     fn query_parser(&self) -> Arc<Self::QueryParser> {
         self.server.parser.clone()
