@@ -12,6 +12,7 @@
 mod auth;
 mod cache;
 mod guard;
+mod pgcompat;
 mod session;
 
 pub use auth::{Verifier, DEFAULT_ITERATIONS};

@@ -11,6 +11,7 @@
 use super::auth::{self, OnAuthenticated, Startup, Users};
 use super::cache::{self, Entry, Key, ResultCache};
 use super::guard::{self, Compat, ReadOnly, StatsSource};
+use super::pgcompat;
 use super::ServeOptions;
 use crate::catalog::{self, TableSpec};
 use crate::engine::Engine;
@@ -141,6 +142,25 @@ impl Server {
             Volatility::Stable,
             Arc::new(to_regtype),
         ));
+        pgcompat::register_functions(
+            ctx,
+            vec![
+                ("server_version", guard::SERVER_VERSION.to_string()),
+                ("server_version_num", guard::SERVER_VERSION_NUM.to_string()),
+                ("server_encoding", "UTF8".into()),
+                ("client_encoding", "UTF8".into()),
+                ("search_path", "public".into()),
+                ("standard_conforming_strings", "on".into()),
+                ("integer_datetimes", "on".into()),
+                ("max_identifier_length", "63".into()),
+                ("DateStyle", "ISO, MDY".into()),
+                ("TimeZone", "UTC".into()),
+                ("transaction_read_only", "on".into()),
+                ("default_transaction_read_only", "on".into()),
+                ("lc_collate", "C".into()),
+                ("lc_ctype", "C".into()),
+            ],
+        );
         let tables = TableWatch::start(engine.clone(), tables, reports).await?;
         let cache = ResultCache::new(options.cache_size);
         let late_stats = Arc::new(LateStats::default());
@@ -779,7 +799,15 @@ impl pgwire::api::stmt::QueryParser for GuardedParser {
     where
         C: ClientInfo + Unpin + Send + Sync,
     {
-        match self.0.parse_sql(client, sql, types).await {
+        let text = pgcompat::rewrite_text(sql);
+        let mut rewritten = None;
+        if let Ok(mut statements) = PostgresCompatibilityParser::new().parse(&text) {
+            if statements.len() == 1 && pgcompat::rewrite_statement(&mut statements[0]) {
+                rewritten = Some(statements[0].to_string());
+            }
+        }
+        let text = rewritten.as_deref().unwrap_or(&text);
+        match self.0.parse_sql(client, text, types).await {
             Err(error) => match guard::refuse_unparsed(sql) {
                 Some(refusal) if PostgresCompatibilityParser::new().parse(sql).is_err() => {
                     Err(guard::refused(refusal))
@@ -1134,7 +1162,8 @@ impl SimpleQueryHandler for Queries {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let connection = connection(client)?;
-        let statements = match PostgresCompatibilityParser::new().parse(query) {
+        let text = pgcompat::rewrite_text(query);
+        let statements = match PostgresCompatibilityParser::new().parse(&text) {
             Ok(statements) => statements,
             Err(error) => {
                 if let Some(refusal) = guard::refuse_unparsed(query) {
@@ -1143,6 +1172,21 @@ impl SimpleQueryHandler for Queries {
                 return Err(PgWireError::ApiError(Box::new(error)));
             }
         };
+        let mut statements = statements;
+        let mut changed = false;
+        for statement in &mut statements {
+            changed |= pgcompat::rewrite_statement(statement);
+        }
+        let query = if changed {
+            statements
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(";\n")
+        } else {
+            text.into_owned()
+        };
+        let query = query.as_str();
         // One statement may come from the cache; a script of several runs as it is.
         let single = match statements.as_slice() {
             [one] => Some(one),

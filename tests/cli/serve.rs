@@ -760,10 +760,22 @@ async fn an_identical_query_is_served_from_the_cache_until_a_file_changes() {
     assert_eq!(stats["cache_misses"], "3");
 
     // A changed file (same name, new size and time) invalidates too.
-    std::fs::remove_file(ws.path("claims/claims-extra.csv")).unwrap();
+    let first = std::fs::read_to_string(ws.path("claims").join(first_csv(&ws))).unwrap();
+    let ten: String = first.lines().take(11).map(|l| format!("{l}\n")).collect();
+    ws.write("claims/claims-extra.csv", &ten);
     let fourth = parse_per_plan(rows(&client.simple_query(per_plan_sql).await.unwrap()));
-    assert_eq!(fourth, per_plan(&claims));
+    let mut plus_ten = claims.clone();
+    plus_ten.extend(read_claims_csv_file(&ws.path("claims/claims-extra.csv")));
+    assert_eq!(plus_ten.len(), claims.len() + 10);
+    assert_eq!(fourth, per_plan(&plus_ten));
     assert_eq!(server.stats().await["cache_misses"], "4");
+
+    // Back to the original files: the result cached for them is still right, and served.
+    std::fs::remove_file(ws.path("claims/claims-extra.csv")).unwrap();
+    let fifth = parse_per_plan(rows(&client.simple_query(per_plan_sql).await.unwrap()));
+    assert_eq!(fifth, per_plan(&claims));
+    let stats = server.stats().await;
+    assert_eq!((stats["cache_hits"].as_str(), stats["cache_misses"].as_str()), ("3", "4"));
 }
 
 fn first_csv(ws: &Workspace) -> String {
