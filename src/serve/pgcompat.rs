@@ -12,14 +12,14 @@ use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, StringArray};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
 use datafusion::logical_expr::{
-    create_udf, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    Volatility,
+    create_udf, ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast::{
-    BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList,
-    FunctionArguments, Ident, ObjectName, ObjectNamePart, Query, SelectItem, SetExpr, Statement,
-    TableAlias, TableFactor, Value, ValueWithSpan, VisitMut, VisitorMut,
+    AccessExpr, BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr,
+    FunctionArgumentClause, FunctionArgumentList, FunctionArguments, Ident, ObjectName,
+    ObjectNamePart, Query, SelectItem, SetExpr, Statement, TableAlias, TableFactor, Value,
+    ValueWithSpan, VisitMut, VisitorMut,
 };
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -131,7 +131,32 @@ impl VisitorMut for CatalogRules {
                 }
             }
             Expr::Subquery(query) => {
-                if aggregate_scalar_subquery(query) {
+                if reads_only_empty_catalog(query) {
+                    *expr = Expr::Value(ValueWithSpan::from(Value::Null));
+                    self.changed = true;
+                } else if aggregate_scalar_subquery(query) {
+                    self.changed = true;
+                }
+            }
+            Expr::Function(function) => {
+                if let Some(replacement) = replace_array_function(function) {
+                    *expr = replacement;
+                    self.changed = true;
+                } else if strip_aggregate_order(function) {
+                    self.changed = true;
+                }
+            }
+            // `(composite).field` → `get_field(composite, 'field')`.
+            Expr::CompoundFieldAccess { root, access_chain } => {
+                if let [AccessExpr::Dot(Expr::Identifier(field))] = access_chain.as_slice() {
+                    let root = match root.as_ref() {
+                        Expr::Nested(inner) => inner.as_ref().clone(),
+                        other => other.clone(),
+                    };
+                    *expr = call(
+                        "get_field",
+                        vec![root, string_literal(field.value.to_ascii_lowercase())],
+                    );
                     self.changed = true;
                 }
             }
@@ -155,6 +180,99 @@ impl VisitorMut for CatalogRules {
         }
         ControlFlow::Continue(())
     }
+}
+
+fn call(name: &str, args: Vec<Expr>) -> Expr {
+    Expr::Function(Function {
+        name: ObjectName(vec![ObjectNamePart::Identifier(Ident::new(name))]),
+        uses_odbc_syntax: false,
+        parameters: FunctionArguments::None,
+        args: FunctionArguments::List(FunctionArgumentList {
+            duplicate_treatment: None,
+            args: args
+                .into_iter()
+                .map(|arg| FunctionArg::Unnamed(FunctionArgExpr::Expr(arg)))
+                .collect(),
+            clauses: vec![],
+        }),
+        filter: None,
+        null_treatment: None,
+        over: None,
+        within_group: vec![],
+    })
+}
+
+/// `array_agg(x ORDER BY y)` in a catalog query: DataFusion 55 plans it wrongly next to
+/// `unnest` (SanityCheckPlan), and the lists it builds here (constraint and index columns)
+/// are empty, so the order is dropped.
+fn strip_aggregate_order(function: &mut Function) -> bool {
+    let FunctionArguments::List(list) = &mut function.args else {
+        return false;
+    };
+    let before = list.clauses.len();
+    list.clauses
+        .retain(|clause| !matches!(clause, FunctionArgumentClause::OrderBy(_)));
+    list.clauses.len() != before
+}
+
+/// Catalog tables that describe nothing for Spillway's tables (no column defaults, sequences,
+/// collations or comments), so a scalar subquery reading only one of them is NULL. DataFusion
+/// cannot decorrelate the ones drivers send (they filter on outer columns alone).
+fn reads_only_empty_catalog(query: &Query) -> bool {
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return false;
+    };
+    let [from] = select.from.as_slice() else {
+        return false;
+    };
+    if !from.joins.is_empty() {
+        return false;
+    }
+    let TableFactor::Table { name, .. } = &from.relation else {
+        return false;
+    };
+    let name = name.to_string().to_ascii_lowercase();
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(&name);
+    [
+        "pg_attrdef",
+        "pg_sequence",
+        "pg_collation",
+        "pg_description",
+    ]
+    .contains(&name)
+}
+
+/// Array columns of the index and constraint catalogs are text here; no table has an index or
+/// a constraint, so functions over them get a typed empty stand-in and the queries (pgjdbc's
+/// primary keys, SQLAlchemy's constraints) plan and return no rows, as they should.
+fn replace_array_function(function: &Function) -> Option<Expr> {
+    let name = function.name.to_string().to_ascii_lowercase();
+    let FunctionArguments::List(list) = &function.args else {
+        return None;
+    };
+    let array_column = |arg: Option<&FunctionArg>| {
+        matches!(arg, Some(FunctionArg::Unnamed(FunctionArgExpr::Expr(Expr::CompoundIdentifier(parts))))
+        if parts.last().is_some_and(|p| {
+            ["indkey", "conkey", "confkey", "indclass", "indoption"]
+                .contains(&p.value.to_ascii_lowercase().as_str())
+        }))
+    };
+    let text = if name.ends_with("_pg_expandarray") {
+        "named_struct('x', CAST(NULL AS SMALLINT), 'n', CAST(NULL AS INT))"
+    } else if name == "unnest" && array_column(list.args.first()) {
+        "unnest(make_array(CAST(NULL AS SMALLINT)))"
+    } else if name == "generate_subscripts" && array_column(list.args.first()) {
+        "CAST(NULL AS INT)"
+    } else {
+        return None;
+    };
+    datafusion::sql::sqlparser::parser::Parser::new(
+        &datafusion::sql::sqlparser::dialect::PostgreSqlDialect {},
+    )
+    .try_with_sql(text)
+    .ok()?
+    .parse_expr()
+    .ok()
 }
 
 /// `pg_proc.oid = t.typreceive` → `pg_proc.proname = t.typreceive`.
@@ -265,8 +383,17 @@ fn is_aggregate(expr: &Expr) -> bool {
     let name = function.name.to_string().to_ascii_lowercase();
     let name = name.rsplit('.').next().unwrap_or(&name).to_string();
     [
-        "count", "sum", "min", "max", "avg", "array_agg", "string_agg", "bool_and", "bool_or",
-        "json_agg", "jsonb_agg",
+        "count",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "array_agg",
+        "string_agg",
+        "bool_and",
+        "bool_or",
+        "json_agg",
+        "jsonb_agg",
     ]
     .contains(&name.as_str())
 }
@@ -359,7 +486,8 @@ pub fn register_functions(ctx: &SessionContext, settings: Vec<(&'static str, Str
                 Ok(match &args[0] {
                     ColumnarValue::Array(array) => ColumnarValue::Array(Arc::new(
                         BooleanArray::from(vec![true; array.len()]),
-                    ) as ArrayRef),
+                    )
+                        as ArrayRef),
                     ColumnarValue::Scalar(_) => {
                         ColumnarValue::Scalar(ScalarValue::Boolean(Some(true)))
                     }
@@ -381,9 +509,9 @@ fn map_strings(
     match input {
         ColumnarValue::Scalar(value) => {
             let text = match value {
-                ScalarValue::Utf8(text) | ScalarValue::LargeUtf8(text) | ScalarValue::Utf8View(text) => {
-                    text.clone()
-                }
+                ScalarValue::Utf8(text)
+                | ScalarValue::LargeUtf8(text)
+                | ScalarValue::Utf8View(text) => text.clone(),
                 _ => None,
             };
             Ok(ColumnarValue::Scalar(ScalarValue::Utf8(
@@ -456,7 +584,10 @@ impl ScalarUDFImpl for JsonBuildObject {
     fn return_type(&self, _: &[DataType]) -> datafusion::error::Result<DataType> {
         Ok(DataType::Utf8)
     }
-    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> datafusion::error::Result<ColumnarValue> {
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::error::Result<ColumnarValue> {
         let rows = args.number_rows;
         let arrays: Vec<ArrayRef> = args
             .args
@@ -517,8 +648,12 @@ mod tests {
              WHERE (SELECT t.typcollation FROM pg_catalog.pg_type t WHERE t.oid = a.atttypid) <> 0",
         );
         assert!(catalog.contains("SELECT max(t.typcollation)"), "{catalog}");
-        let user = "SELECT c.plan_id, (SELECT p.name FROM plans p WHERE p.id = c.plan_id) FROM claims c";
-        let mut statement = PostgresCompatibilityParser::new().parse(user).unwrap().remove(0);
+        let user =
+            "SELECT c.plan_id, (SELECT p.name FROM plans p WHERE p.id = c.plan_id) FROM claims c";
+        let mut statement = PostgresCompatibilityParser::new()
+            .parse(user)
+            .unwrap()
+            .remove(0);
         assert!(!rewrite_statement(&mut statement));
     }
 
@@ -534,7 +669,9 @@ mod tests {
     fn missing_information_schema_views_are_answered_empty_or_with_utf8() {
         let sql = rewritten("select character_set_name from INFORMATION_SCHEMA.character_sets");
         assert!(sql.contains("'UTF8' AS character_set_name"), "{sql}");
-        let sql = rewritten("SELECT * FROM information_schema.table_constraints tc WHERE tc.table_name = 'x'");
+        let sql = rewritten(
+            "SELECT * FROM information_schema.table_constraints tc WHERE tc.table_name = 'x'",
+        );
         assert!(sql.contains("WHERE false) tc WHERE"), "{sql}");
     }
 
@@ -543,6 +680,9 @@ mod tests {
         let sql = rewritten(
             "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname NOT LIKE 'pg/_' || '%' ESCAPE '/'",
         );
-        assert!(sql.contains("NOT LIKE 'pg\\_%'") && !sql.contains("ESCAPE"), "{sql}");
+        assert!(
+            sql.contains("NOT LIKE 'pg\\_%'") && !sql.contains("ESCAPE"),
+            "{sql}"
+        );
     }
 }

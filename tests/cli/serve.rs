@@ -775,7 +775,10 @@ async fn an_identical_query_is_served_from_the_cache_until_a_file_changes() {
     let fifth = parse_per_plan(rows(&client.simple_query(per_plan_sql).await.unwrap()));
     assert_eq!(fifth, per_plan(&claims));
     let stats = server.stats().await;
-    assert_eq!((stats["cache_hits"].as_str(), stats["cache_misses"].as_str()), ("3", "4"));
+    assert_eq!(
+        (stats["cache_hits"].as_str(), stats["cache_misses"].as_str()),
+        ("3", "4")
+    );
 }
 
 fn first_csv(ws: &Workspace) -> String {
