@@ -582,3 +582,88 @@ mod tests {
         assert_eq!(cacheable_relations(&parse("SHOW search_path")), None);
     }
 }
+
+/// `DECLARE c CURSOR FOR query`, as datafusion-postgres does it but keeping the query's plan on
+/// the cursor, so a client that describes the cursor (psycopg's server-side cursors do) learns
+/// its columns instead of "no data" (which crashed psycopg's C implementation).
+#[derive(Debug)]
+pub struct DeclareCursor;
+
+type CursorStatement = (String, Option<(Statement, LogicalPlan)>);
+
+async fn declare(
+    statement: &Statement,
+    session_context: &SessionContext,
+    client: &mut dyn HookClient,
+) -> Option<PgWireResult<Response>> {
+    use datafusion_postgres::arrow_pg::datatypes::df;
+    use pgwire::api::portal::{Format, Portal};
+    use pgwire::api::stmt::StoredStatement;
+    use pgwire::api::store::PortalStore;
+    let Statement::Declare { stmts } = statement else {
+        return None;
+    };
+    let result = async {
+        for declare in stmts {
+            let (Some(name), Some(query)) = (declare.names.first(), &declare.for_query) else {
+                return Err(PgWireError::UserError(Box::new(ErrorInfo::new(
+                    "ERROR".into(),
+                    "42601".into(),
+                    "DECLARE needs a cursor name and a FOR query".into(),
+                ))));
+            };
+            let frame = session_context
+                .sql(&query.to_string())
+                .await
+                .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
+            let plan = frame.logical_plan().clone();
+            let response = df::encode_dataframe(frame, &Format::UnifiedText, None).await?;
+            let stored: Arc<StoredStatement<CursorStatement>> = Arc::new(StoredStatement::new(
+                name.value.clone(),
+                (
+                    query.to_string(),
+                    Some((Statement::Query(query.clone()), plan)),
+                ),
+                vec![],
+            ));
+            let portal = Portal::new_cursor(name.value.clone(), stored);
+            portal.start(response).await;
+            client.portal_store().put_portal(Arc::new(portal));
+        }
+        Ok(Response::Execution(Tag::new("DECLARE CURSOR")))
+    }
+    .await;
+    Some(result)
+}
+
+#[async_trait]
+impl QueryHook for DeclareCursor {
+    async fn handle_simple_query(
+        &self,
+        statement: &Statement,
+        session_context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        declare(statement, session_context, client).await
+    }
+
+    async fn handle_extended_parse_query(
+        &self,
+        _statement: &Statement,
+        _session_context: &SessionContext,
+        _client: &(dyn ClientInfo + Send + Sync),
+    ) -> Option<PgWireResult<LogicalPlan>> {
+        None
+    }
+
+    async fn handle_extended_query(
+        &self,
+        statement: &Statement,
+        _logical_plan: &LogicalPlan,
+        _params: &ParamValues,
+        session_context: &SessionContext,
+        client: &mut dyn HookClient,
+    ) -> Option<PgWireResult<Response>> {
+        declare(statement, session_context, client).await
+    }
+}

@@ -138,6 +138,24 @@ impl VisitorMut for CatalogRules {
                     self.changed = true;
                 }
             }
+            // Catalog columns datafusion-postgres does not have, and that are NULL for every
+            // table here (storage options, access lists, partition bounds).
+            Expr::CompoundIdentifier(parts)
+                if parts.last().is_some_and(|p| {
+                    [
+                        "reloptions",
+                        "relacl",
+                        "attacl",
+                        "attoptions",
+                        "attfdwoptions",
+                        "relpartbound",
+                    ]
+                    .contains(&p.value.to_ascii_lowercase().as_str())
+                }) =>
+            {
+                *expr = Expr::Value(ValueWithSpan::from(Value::Null));
+                self.changed = true;
+            }
             Expr::Function(function) => {
                 if let Some(replacement) = replace_array_function(function) {
                     *expr = replacement;

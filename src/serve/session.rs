@@ -170,6 +170,7 @@ impl Server {
             Arc::new(Compat {
                 stats: stats.clone(),
             }),
+            Arc::new(guard::DeclareCursor),
             Arc::new(CursorStatementHook),
             Arc::new(SetShowHook),
             Arc::new(TransactionStatementHook),
