@@ -96,7 +96,7 @@ Settings come from flags, else [server] in spillway.toml:
   max_connections = 64
   statement_timeout = \"5m\"         # clients may lower it with SET statement_timeout
   query_memory = \"25%\"             # of the memory pool, per statement
-  cache_size = \"256MiB\"            # dashboard result cache; 0 turns it off
+  cache_size = \"256MiB\"            # result cache (in the memory pool); 0 turns it off
   tls_cert = \"server.crt\"          # PEM; with tls_key, TLS is required by default
   tls_key = \"server.key\"
   [server.users.analyst]
@@ -127,7 +127,8 @@ pub struct ServeArgs {
     /// Memory one statement may hold: a size or a share of the pool [default: 25%]
     #[arg(long, value_name = "SIZE|PERCENT")]
     pub query_memory: Option<String>,
-    /// Result cache for repeated dashboard queries; 0 turns it off [default: 256MiB]
+    /// Result cache for repeated dashboard queries, held in the memory pool; 0 turns it off
+    /// [default: 256MiB, or an eighth of the pool if less]
     #[arg(long, value_name = "SIZE")]
     pub cache_size: Option<String>,
     /// TLS certificate chain (PEM) [default: `[server] tls_cert`]

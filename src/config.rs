@@ -62,7 +62,7 @@ pub struct ServerSection {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserSection {
-    pub scram: Option<String>,
+    pub scram: Option<Secret>,
     pub password_env: Option<String>,
 }
 

@@ -350,6 +350,12 @@ impl Engine {
         &self.pool
     }
 
+    /// The memory pool, for other holders of memory that must count against the limit (the
+    /// server's result cache).
+    pub fn shared_pool(&self) -> Arc<dyn MemoryPool> {
+        self.pool.clone()
+    }
+
     /// Request and byte counters of every store.
     pub fn counters(&self) -> &Arc<StoreCounters> {
         &self.counters

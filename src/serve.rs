@@ -40,6 +40,7 @@ pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
 /// One statement may hold this share of the pool: four runaway queries together still leave
 /// nothing starved for long, and a dashboard's group-by over claims fits easily.
 pub const DEFAULT_QUERY_MEMORY_SHARE: f64 = 0.25;
+/// The result cache's default size, unless an eighth of the memory pool is less.
 pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
 
 /// Resolved server settings (flags over `[server]` over defaults).
@@ -138,7 +139,8 @@ impl ServeOptions {
             Some((text, origin, flag)) => {
                 crate::config::parse_size(&text).map_err(|e| error(&origin, flag, e))?
             }
-            None => DEFAULT_CACHE_SIZE,
+            // Cached results are reserved in the pool: at most an eighth of it by default.
+            None => DEFAULT_CACHE_SIZE.min(pool / 8),
         };
         let cert = flags.tls_cert.clone().or_else(|| section.tls_cert.clone());
         let key = flags.tls_key.clone().or_else(|| section.tls_key.clone());
@@ -161,9 +163,8 @@ impl ServeOptions {
         for (name, user) in &section.users {
             let key = format!("server.users.{name}");
             let verifier = match (&user.scram, &user.password_env) {
-                (Some(text), None) => {
-                    Verifier::parse(text).map_err(|e| Error::Config(format!("{key}.scram: {e}")))?
-                }
+                (Some(text), None) => Verifier::parse(text.expose())
+                    .map_err(|e| Error::Config(format!("{key}.scram: {e}")))?,
                 (None, Some(variable)) => {
                     let password = std::env::var(variable).map_err(|_| {
                         Error::Config(format!(

@@ -7,6 +7,7 @@
 //! bytes without touching DataFusion. Bounded by bytes, least recently used first out. Must not
 //! cache a result that did not finish, or one larger than an eighth of the cache.
 
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryPool, MemoryReservation};
 use datafusion_postgres::pgwire;
 use lru::LruCache;
 use pgwire::api::results::{FieldInfo, QueryResponse};
@@ -67,6 +68,10 @@ pub struct ResultCache {
 struct Inner {
     entries: LruCache<Key, Arc<Entry>>,
     bytes: usize,
+    /// The cache's share of the engine's memory pool, when it has one: cached results count
+    /// against `--memory-limit` like any operator's memory, and a statement that needs the
+    /// memory wins (the entry is not kept).
+    reservation: Option<MemoryReservation>,
 }
 
 impl ResultCache {
@@ -77,9 +82,19 @@ impl ResultCache {
             inner: Mutex::new(Inner {
                 entries: LruCache::unbounded(),
                 bytes: 0,
+                reservation: None,
             }),
             counters: Counters::default(),
         }
+    }
+
+    /// A cache whose bytes are reserved in `pool`.
+    pub fn in_pool(capacity: usize, pool: &Arc<dyn MemoryPool>) -> ResultCache {
+        let cache = ResultCache::new(capacity);
+        if let Ok(mut inner) = cache.inner.lock() {
+            inner.reservation = Some(MemoryConsumer::new("dashboard cache").register(pool));
+        }
+        cache
     }
 
     pub fn enabled(&self) -> bool {
@@ -115,16 +130,23 @@ impl ResultCache {
             return;
         };
         let size = entry.bytes;
-        if let Some(old) = inner.entries.put(key, Arc::new(entry)) {
-            inner.bytes -= old.bytes;
+        if let Some(old) = inner.entries.pop(&key) {
+            inner.release(old.bytes);
         }
-        inner.bytes += size;
-        while inner.bytes > self.capacity {
+        while inner.bytes + size > self.capacity {
             match inner.entries.pop_lru() {
-                Some((_, evicted)) => inner.bytes -= evicted.bytes,
+                Some((_, evicted)) => inner.release(evicted.bytes),
                 None => break,
             }
         }
+        if let Some(reservation) = &mut inner.reservation {
+            if reservation.try_grow(size).is_err() {
+                self.counters.too_big.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        inner.entries.put(key, Arc::new(entry));
+        inner.bytes += size;
         self.counters.stored.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -134,6 +156,15 @@ impl ResultCache {
             .lock()
             .map(|inner| (inner.entries.len(), inner.bytes))
             .unwrap_or((0, 0))
+    }
+}
+
+impl Inner {
+    fn release(&mut self, bytes: usize) {
+        self.bytes -= bytes;
+        if let Some(reservation) = &mut self.reservation {
+            reservation.shrink(bytes.min(reservation.size()));
+        }
     }
 }
 
@@ -198,6 +229,24 @@ mod tests {
         assert!(cache.get(&key("b")).is_none());
         assert_eq!(cache.counters.hits.load(Ordering::Relaxed), 1);
         assert_eq!(cache.counters.misses.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn cached_bytes_are_reserved_in_the_memory_pool_and_given_back_on_eviction() {
+        use datafusion::execution::memory_pool::GreedyMemoryPool;
+        let unit = row_bytes(&entry(100).rows[0]);
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(unit * 3));
+        let cache = ResultCache::in_pool(unit * 100, &pool);
+        for name in ["a", "b", "c"] {
+            cache.insert(key(name), entry(100));
+        }
+        assert_eq!(pool.reserved(), unit * 3);
+        // The pool is full: the fourth result is not kept, and nothing was evicted for it.
+        cache.insert(key("d"), entry(100));
+        assert_eq!(cache.size(), (3, unit * 3));
+        assert_eq!(cache.counters.too_big.load(Ordering::Relaxed), 1);
+        drop(cache);
+        assert_eq!(pool.reserved(), 0);
     }
 
     #[test]

@@ -162,7 +162,7 @@ impl Server {
             ],
         );
         let tables = TableWatch::start(engine.clone(), tables, reports).await?;
-        let cache = ResultCache::new(options.cache_size);
+        let cache = ResultCache::in_pool(options.cache_size, &engine.shared_pool());
         let late_stats = Arc::new(LateStats::default());
         let stats: Arc<dyn StatsSource> = late_stats.clone();
         let hooks: Vec<Arc<dyn QueryHook>> = vec![
