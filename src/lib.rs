@@ -7,6 +7,7 @@
 //! every entry point uses to run SQL; `gen` makes deterministic test data. The engine plans
 //! with Spillway's own rules where DataFusion 55 would not stay inside the memory limit
 //! (`rewrite`, `group_topk`), and `allocator` turns memory the OS refuses into exit code 7.
+//! `serve` answers PostgreSQL clients (BI dashboards) from the same engine and catalog.
 
 pub mod allocator;
 pub mod catalog;

@@ -453,9 +453,10 @@ impl TableWatch {
         Some(tables)
     }
 
-    /// The combined fingerprint of the files behind `relations`, re-registering any table whose
-    /// files changed since it was last seen. `Ok(None)` when the relations are not all tables.
-    async fn fingerprint(&self, relations: &BTreeSet<String>) -> Result<Option<u64>> {
+    /// Before a statement runs: the combined fingerprint of the files behind `relations`,
+    /// re-registering any table whose files changed since it was last seen (so the statement
+    /// reads the current files). `Ok(None)` when the relations are not all tables.
+    async fn refresh(&self, relations: &BTreeSet<String>) -> Result<Option<u64>> {
         let mut tables = BTreeSet::new();
         for relation in relations {
             match self.tables_of(relation) {
@@ -499,12 +500,6 @@ impl TableWatch {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         combined.hash(&mut hasher);
         Ok(Some(hasher.finish()))
-    }
-
-    /// Before a statement runs: make sure the tables it reads are current. Errors (a table
-    /// whose files are gone) are the client's to see.
-    async fn refresh(&self, relations: &BTreeSet<String>) -> Result<Option<u64>> {
-        self.fingerprint(relations).await
     }
 }
 
