@@ -4,7 +4,8 @@
 #   bash benches/serve.sh [--rows 10000000] [--format csv|parquet] [--runs 3]
 # SPILLWAY_BIN measures a given binary instead of building this checkout; SPILLWAY_BENCH_DIR
 # (default ~/.cache/spillway/bench) caches the data. Writes benches/results/serve-<rows>-<format>.md.
-# The load test (32 clients x 200 queries) is a test: cargo test --release --test cli thirty_two -- --nocapture
+# The load test (32 clients x 200 queries) is a test; its figures for a release binary:
+#   SPILLWAY_TEST_BIN=$CARGO_TARGET_DIR/release/spillway cargo test --test cli thirty_two -- --nocapture
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

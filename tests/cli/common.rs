@@ -73,8 +73,12 @@ impl Workspace {
     }
 
     /// The binary, run in this folder, with no `SPILLWAY_*` settings from the environment.
+    /// `SPILLWAY_TEST_BIN` runs the tests against another build (a release binary, for the
+    /// load test's figures).
     pub fn command(&self) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        let binary = std::env::var_os("SPILLWAY_TEST_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_spillway").into());
+        let mut command = Command::new(binary);
         command.current_dir(self.dir.path());
         for (key, _) in std::env::vars() {
             if key.starts_with("SPILLWAY_") {
