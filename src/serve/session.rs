@@ -409,15 +409,23 @@ impl TableWatch {
     async fn plan_reports(&self) -> Result<()> {
         let ctx = self.engine.context();
         for report in &self.reports {
-            let statements = self.engine.parse(&report.sql)?;
-            let Some(statement) = statements.into_iter().next() else {
-                continue;
+            // A report over tables this server does not have (the folder is shared with
+            // other configs) is left out, with a warning, rather than stopping the server.
+            let planned = match self.engine.parse(&report.sql) {
+                Ok(statements) => match statements.into_iter().next() {
+                    Some(statement) => self.engine.plan(statement).await,
+                    None => continue,
+                },
+                Err(error) => Err(error),
             };
-            let plan = self
-                .engine
-                .plan(statement)
-                .await
-                .map_err(|e| e.context(format!("report `{}`", report.name)))?;
+            let plan = match planned {
+                Ok(plan) => plan,
+                Err(error) => {
+                    tracing::warn!("report `{}` is not served: {error}", report.name);
+                    let _ = ctx.deregister_table(report.name.as_str());
+                    continue;
+                }
+            };
             if report.params.is_empty() {
                 let view = ViewTable::new(plan, Some(report.sql.clone()));
                 let _ = ctx.deregister_table(report.name.as_str());

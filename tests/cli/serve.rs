@@ -821,6 +821,10 @@ async fn reports_are_views_and_parameterised_reports_are_table_functions() {
     let (ws, claims) = claims_server_workspace(5_000, "");
     ws.write("queries/claims_in_state.sql", STATE_REPORT);
     ws.write("queries/claims_per_plan.sql", PLAN_REPORT);
+    ws.write(
+        "queries/orphan.sql",
+        "/* report\nname = \"orphan\"\n*/\nSELECT count(*) FROM members\n",
+    );
     let server = Server::start(&ws, &[], &[]);
     let client = server.connect(&server.conninfo("dash", "")).await.unwrap();
 
@@ -868,6 +872,12 @@ async fn reports_are_views_and_parameterised_reports_are_table_functions() {
             .unwrap(),
     );
     assert_eq!(hostile, vec![vec!["0".to_string()]]);
+    // A report over a table this server lacks is left out, with a warning naming it.
+    assert!(
+        server.stderr().contains("report `orphan` is not served"),
+        "{}",
+        server.stderr()
+    );
     let listing = server.psql(
         &server.conninfo("dash", "sslmode=disable"),
         None,
