@@ -10,6 +10,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 /// Temporary output files to delete if the process has to exit this way (destructors do not
@@ -68,8 +69,27 @@ fn checked(ptr: *mut u8) -> *mut u8 {
     ptr
 }
 
+/// Set by `main` once it printed its error line: a refusal after that exits without a second.
+static REPORTED: AtomicBool = AtomicBool::new(false);
+/// Set by the first thread that takes the exit path here; a second thread waits for the exit.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// Called by `main` after it printed the error line.
+pub fn error_reported() {
+    REPORTED.store(true, Ordering::SeqCst);
+}
+
 #[cold]
 fn refused() -> ! {
+    if EXITING.swap(true, Ordering::SeqCst) {
+        // Another thread is already reporting and exiting; `exit` must run only once.
+        loop {
+            std::thread::park();
+        }
+    }
+    if REPORTED.load(Ordering::SeqCst) {
+        std::process::exit(RESOURCES)
+    }
     // `try_lock`: the failed allocation may have come from a thread holding the list's lock.
     // Removing a short path builds its C string on the stack, without allocating.
     if let Ok(list) = TEMPORARIES.try_lock() {

@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("spillway: error: {error}");
+            spillway::allocator::error_reported();
             ExitCode::from(error.exit_code())
         }
     }

@@ -237,7 +237,8 @@ fn under_a_hard_address_space_cap_the_process_succeeds_or_exits_7_never_dies_by_
                         .lines()
                         .filter(|l| l.starts_with("spillway: error:"))
                         .count(),
-                    1
+                    1,
+                    "cap {cap_mib} MiB:\n{stderr}"
                 );
                 let leftovers: Vec<_> = ws
                     .files_below(".")
