@@ -56,6 +56,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// datafusion-postgres's SQL parser with its rewrite rules. Building one tokenises its whole
+/// list of known client queries, so one instance serves every statement.
+fn sql_parser() -> &'static PostgresCompatibilityParser {
+    static PARSER: std::sync::OnceLock<PostgresCompatibilityParser> = std::sync::OnceLock::new();
+    PARSER.get_or_init(PostgresCompatibilityParser::new)
+}
+
 /// The key datafusion-postgres keeps a client's `statement_timeout` under, in milliseconds.
 const METADATA_STATEMENT_TIMEOUT: &str = "statement_timeout_ms";
 /// Client settings that change how rows are encoded, and so belong in a cache key.
@@ -368,7 +375,7 @@ impl TableWatch {
                     report.name
                 )));
             }
-            let statement = PostgresCompatibilityParser::new()
+            let statement = sql_parser()
                 .parse(&report.sql)
                 .map_err(|e| Error::Query(format!("report `{}`: {e}", report.name)))?
                 .into_iter()
@@ -805,7 +812,7 @@ impl pgwire::api::stmt::QueryParser for GuardedParser {
     {
         let text = pgcompat::rewrite_text(sql);
         let mut rewritten = None;
-        if let Ok(mut statements) = PostgresCompatibilityParser::new().parse(&text) {
+        if let Ok(mut statements) = sql_parser().parse(&text) {
             if statements.len() == 1 && pgcompat::rewrite_statement(&mut statements[0]) {
                 rewritten = Some(statements[0].to_string());
             }
@@ -813,9 +820,7 @@ impl pgwire::api::stmt::QueryParser for GuardedParser {
         let text = rewritten.as_deref().unwrap_or(&text);
         match self.0.parse_sql(client, text, types).await {
             Err(error) => match guard::refuse_unparsed(sql) {
-                Some(refusal) if PostgresCompatibilityParser::new().parse(sql).is_err() => {
-                    Err(guard::refused(refusal))
-                }
+                Some(refusal) if sql_parser().parse(sql).is_err() => Err(guard::refused(refusal)),
                 _ => Err(error),
             },
             parsed => parsed,
@@ -1167,7 +1172,7 @@ impl SimpleQueryHandler for Queries {
     {
         let connection = connection(client)?;
         let text = pgcompat::rewrite_text(query);
-        let statements = match PostgresCompatibilityParser::new().parse(&text) {
+        let statements = match sql_parser().parse(&text) {
             Ok(statements) => statements,
             Err(error) => {
                 if let Some(refusal) = guard::refuse_unparsed(query) {
