@@ -216,6 +216,14 @@ pub fn refuse_unparsed(sql: &str) -> Option<String> {
     })
 }
 
+/// The hooks' answer for a statement [`check`] refuses, logged with the client's address.
+fn refuse<T>(statement: &Statement, peer: std::net::SocketAddr) -> Option<PgWireResult<T>> {
+    check(statement).err().map(|message| {
+        tracing::warn!(%peer, "refused: {message}");
+        Err(refused(message))
+    })
+}
+
 /// The first hook: refuses what [`check`] refuses, in both protocols.
 #[derive(Debug)]
 pub struct ReadOnly;
@@ -228,10 +236,7 @@ impl QueryHook for ReadOnly {
         _session_context: &SessionContext,
         client: &mut dyn HookClient,
     ) -> Option<PgWireResult<Response>> {
-        check(statement).err().map(|message| {
-            tracing::warn!(peer = %client.socket_addr(), "refused: {message}");
-            Err(refused(message))
-        })
+        refuse(statement, client.socket_addr())
     }
 
     async fn handle_extended_parse_query(
@@ -240,10 +245,7 @@ impl QueryHook for ReadOnly {
         _session_context: &SessionContext,
         client: &(dyn ClientInfo + Send + Sync),
     ) -> Option<PgWireResult<LogicalPlan>> {
-        check(statement).err().map(|message| {
-            tracing::warn!(peer = %client.socket_addr(), "refused: {message}");
-            Err(refused(message))
-        })
+        refuse(statement, client.socket_addr())
     }
 
     async fn handle_extended_query(

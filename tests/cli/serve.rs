@@ -204,6 +204,17 @@ pub fn claims_server_workspace(rows: u64, server_config: &str) -> (Workspace, Ve
     (ws, claims)
 }
 
+/// The session answers: `count(*)` over claims is every claim.
+async fn assert_counts_every_claim(client: &tokio_postgres::Client, claims: &[Claim]) {
+    let count = rows(
+        &client
+            .simple_query("SELECT count(*) FROM claims")
+            .await
+            .unwrap(),
+    );
+    assert_eq!(count, vec![vec![claims.len().to_string()]]);
+}
+
 /// Claims and plan-paid cents per plan, computed by hand.
 fn per_plan(claims: &[Claim]) -> BTreeMap<String, (u64, i64)> {
     let mut expected: BTreeMap<String, (u64, i64)> = BTreeMap::new();
@@ -375,13 +386,7 @@ async fn writes_ddl_copy_file_paths_and_engine_settings_are_refused_by_name() {
     }
     // Nothing was written, and the session still answers.
     assert!(!std::path::Path::new("/tmp/stolen.csv").exists());
-    let count = rows(
-        &client
-            .simple_query("SELECT count(*) FROM claims")
-            .await
-            .unwrap(),
-    );
-    assert_eq!(count, vec![vec![claims.len().to_string()]]);
+    assert_counts_every_claim(&client, &claims).await;
     // Harmless session settings are accepted.
     client
         .simple_query(
@@ -639,13 +644,7 @@ async fn the_statement_timeout_and_a_cancel_request_stop_a_running_query() {
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let third = server.connect(&server.conninfo("c", "")).await.unwrap();
-    let count = rows(
-        &third
-            .simple_query("SELECT count(*) FROM claims")
-            .await
-            .unwrap(),
-    );
-    assert_eq!(count, vec![vec![claims.len().to_string()]]);
+    assert_counts_every_claim(&third, &claims).await;
     assert!(
         !running.is_finished(),
         "the slow statement is still running"
@@ -662,13 +661,7 @@ async fn the_statement_timeout_and_a_cancel_request_stop_a_running_query() {
     let db = error.as_db_error().expect("server error");
     assert_eq!(db.code().code(), "57014");
     assert!(db.message().contains("user request"), "{}", db.message());
-    let count = rows(
-        &other
-            .simple_query("SELECT count(*) FROM claims")
-            .await
-            .unwrap(),
-    );
-    assert_eq!(count, vec![vec![claims.len().to_string()]]);
+    assert_counts_every_claim(&other, &claims).await;
 
     let stats = server.stats().await;
     assert_eq!(stats["statements_cancelled"], "1");
@@ -695,13 +688,7 @@ async fn a_runaway_query_fails_at_its_memory_cap_while_other_sessions_answer() {
             .await
             .map(|_| ())
     });
-    let count = rows(
-        &other
-            .simple_query("SELECT count(*) FROM claims")
-            .await
-            .unwrap(),
-    );
-    assert_eq!(count, vec![vec![claims.len().to_string()]]);
+    assert_counts_every_claim(&other, &claims).await;
     let error = greedy.await.unwrap().unwrap_err();
     let db = error.as_db_error().expect("server error");
     assert!(
