@@ -533,7 +533,8 @@ impl Engine {
 
     /// Start a statement again after it ran out of memory, with a plan that trades speed for
     /// spilling: sort-merge joins instead of hash joins (whose build side cannot spill), full
-    /// sorts instead of top-k heaps, no top-k aggregation and half-size batches.
+    /// sorts instead of top-k heaps, no top-k aggregation or top k per group, and half-size
+    /// batches.
     pub async fn execute_conservatively(&self, plan: LogicalPlan) -> Result<RunningQuery> {
         self.pool.reset_peak();
         // From the session's current settings, so a script's own `SET`s still hold.
@@ -543,9 +544,19 @@ impl Engine {
         let settings = config.options_mut();
         settings.optimizer.prefer_hash_join = false;
         settings.optimizer.enable_topk_aggregation = false;
+        // Top k per group holds k rows per group in memory; the full sort spills.
+        let mut rules: Vec<_> = self
+            .ctx
+            .state()
+            .physical_optimizers()
+            .iter()
+            .filter(|rule| rule.name() != TopKPerGroup::NAME)
+            .cloned()
+            .collect();
+        rules.push(Arc::new(FullSortInsteadOfTopK));
         let state = SessionStateBuilder::new_from_existing(self.ctx.state())
             .with_config(config)
-            .with_physical_optimizer_rule(Arc::new(FullSortInsteadOfTopK))
+            .with_physical_optimizer_rules(rules)
             .build();
         let physical = state.create_physical_plan(&plan).await?;
         let stream = execute_stream(physical.clone(), Arc::new(TaskContext::from(&state)))?;

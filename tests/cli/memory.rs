@@ -3,7 +3,9 @@
 //! where nothing can spill, fail cleanly with exit 7). Expected answers come from a plain fold
 //! over the generated CSV.
 
-use crate::common::{cents, csv_rows, peak_rss_mib, read_claims_csv, spill_count, Workspace};
+use crate::common::{
+    cents, csv_rows, peak_rss_mib, read_claims_csv, spill_count, Outcome, Workspace,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 
@@ -23,6 +25,28 @@ fn assert_retried_and_spilled(stderr: &str, consumer: &str) {
         "one warning:\n{stderr}"
     );
     assert!(spill_count(stderr) > 0, "expected spilling:\n{stderr}");
+}
+
+/// Runs `sql` over the claims under a 16 MiB limit on 2 workers, the result to `output`.
+fn query_in_16_mib(ws: &Workspace, output: &str, sql: &str) -> Outcome {
+    ws.run(&[
+        "--memory-limit",
+        "16MiB",
+        "--workers",
+        "2",
+        "query",
+        "-t",
+        "claims=claims/*.csv",
+        "--stats",
+        "-o",
+        output,
+        sql,
+    ])
+}
+
+/// The CSV rows of a result file.
+fn result_rows(ws: &Workspace, output: &str) -> Vec<Vec<String>> {
+    csv_rows(&std::fs::read_to_string(ws.path(output)).unwrap())
 }
 
 fn claims_workspace() -> Workspace {
@@ -68,21 +92,14 @@ fn count_distinct_beside_other_aggregates_under_a_high_cardinality_group_by_spil
         entry.1 += claim.total_cost_cents;
         entry.2 += 1;
     }
-    let out = ws.run(&[
-        "--memory-limit",
-        "16MiB",
-        "--workers",
-        "2",
-        "query",
-        "-t",
-        "claims=claims/*.csv",
-        "--stats",
-        "--format",
-        "csv",
+    let out = query_in_16_mib(
+        &ws,
+        "distinct.csv",
         "SELECT member_id, count(DISTINCT ndc) AS d, sum(total_cost) AS s, count(*) AS n \
          FROM claims GROUP BY member_id ORDER BY member_id",
-    ]);
-    let rows = csv_rows(out.success());
+    );
+    out.success();
+    let rows = result_rows(&ws, "distinct.csv");
     assert_eq!(rows.len(), expected.len());
     for (row, (member, (ndcs, total, fills))) in rows.iter().zip(&expected) {
         assert_eq!(row[0], *member);
@@ -111,23 +128,15 @@ fn order_by_with_a_large_limit_retries_as_a_spilling_sort() {
     let mut claims = read_claims_csv(&ws.path("claims"));
     claims.sort_by(|a, b| (b.total_cost_cents, a.claim_id).cmp(&(a.total_cost_cents, b.claim_id)));
     let k = 150_000;
-    let out = ws.run(&[
-        "--memory-limit",
-        "16MiB",
-        "--workers",
-        "2",
-        "query",
-        "-t",
-        "claims=claims/*.csv",
-        "--stats",
-        "-o",
+    let out = query_in_16_mib(
+        &ws,
         "top.csv",
         "SELECT claim_id, member_id, diagnosis_code, plan_id, member_state, total_cost \
          FROM claims ORDER BY total_cost DESC, claim_id LIMIT 150000",
-    ]);
+    );
     out.success();
     assert_retried_and_spilled(&out.stderr, "TopK");
-    let rows = csv_rows(&std::fs::read_to_string(ws.path("top.csv")).unwrap());
+    let rows = result_rows(&ws, "top.csv");
     let got: Vec<i64> = rows.iter().map(|r| r[0].parse().unwrap()).collect();
     let want: Vec<i64> = claims[..k].iter().map(|c| c.claim_id).collect();
     assert_eq!(got, want);
@@ -141,40 +150,89 @@ fn a_window_over_partitions_answers_exactly_and_its_sort_spills() {
     for claim in &claims {
         *per_plan.entry(&claim.plan_id).or_default() += claim.total_cost_cents;
     }
-    let out = ws.run(&[
-        "--memory-limit", "16MiB", "--workers", "2",
-        "query", "-t", "claims=claims/*.csv", "--stats", "-o", "window.csv",
-        "SELECT claim_id, plan_id, sum(total_cost) OVER (PARTITION BY plan_id) AS plan_total FROM claims",
-    ]);
+    let out = query_in_16_mib(&ws, "window.csv", "SELECT claim_id, plan_id, sum(total_cost) OVER (PARTITION BY plan_id) AS plan_total FROM claims");
     out.success();
     assert!(
         spill_count(&out.stderr) > 0,
         "expected spilling:\n{}",
         out.stderr
     );
-    let rows = csv_rows(&std::fs::read_to_string(ws.path("window.csv")).unwrap());
+    let rows = result_rows(&ws, "window.csv");
     assert_eq!(rows.len(), claims.len());
     for row in &rows {
         assert_eq!(cents(&row[2]), per_plan[row[1].as_str()], "plan {}", row[1]);
     }
 }
 
+/// "Each member's two most expensive claims" (15,000 members): the top two per group are
+/// kept as the rows stream by, so a 16 MiB limit is enough without a retry.
+#[test]
+fn the_first_rows_of_each_group_are_found_exactly_in_a_small_memory_limit() {
+    let ws = claims_workspace();
+    let claims = read_claims_csv(&ws.path("claims"));
+    let mut per_member: BTreeMap<&str, Vec<(i64, i64)>> = BTreeMap::new();
+    for claim in &claims {
+        per_member
+            .entry(&claim.member_id)
+            .or_default()
+            .push((-claim.total_cost_cents, claim.claim_id));
+    }
+    let mut want = BTreeSet::new();
+    for (member, mut costs) in per_member {
+        costs.sort();
+        for (n, (_, claim_id)) in costs.iter().take(2).enumerate() {
+            want.insert((member.to_string(), *claim_id, n as u64 + 1));
+        }
+    }
+    let out = query_in_16_mib(&ws, "top2.csv", "SELECT member_id, claim_id, n FROM (SELECT member_id, claim_id, row_number() OVER \
+         (PARTITION BY member_id ORDER BY total_cost DESC, claim_id) AS n FROM claims) WHERE n <= 2");
+    out.success();
+    assert!(!out.stderr.contains(RETRY_WARNING), "{}", out.stderr);
+    let rows = result_rows(&ws, "top2.csv");
+    let got: BTreeSet<(String, i64, u64)> = rows
+        .iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2].parse().unwrap()))
+        .collect();
+    assert_eq!(got.len(), rows.len(), "no row twice");
+    assert_eq!(got, want);
+}
+
+/// De-duplication, "the latest row of each claim": a group per row, so the first row of each
+/// group is the whole input; under 16 MiB that runs out of memory, and the retry, with the
+/// window over a full sort, spills and answers every claim once.
+#[test]
+fn the_first_row_of_a_group_per_row_retries_as_a_spilling_sort() {
+    let ws = claims_workspace();
+    let claims = read_claims_csv(&ws.path("claims"));
+    let out = query_in_16_mib(
+        &ws,
+        "latest.csv",
+        "SELECT claim_id, total_cost FROM (SELECT *, row_number() OVER \
+         (PARTITION BY claim_id ORDER BY fill_date DESC) AS n FROM claims) WHERE n = 1",
+    );
+    out.success();
+    assert_retried_and_spilled(&out.stderr, "GroupTopK");
+    let rows = result_rows(&ws, "latest.csv");
+    let got: BTreeMap<i64, i64> = rows
+        .iter()
+        .map(|r| (r[0].parse().unwrap(), cents(&r[1])))
+        .collect();
+    let want: BTreeMap<i64, i64> = claims
+        .iter()
+        .map(|c| (c.claim_id, c.total_cost_cents))
+        .collect();
+    assert_eq!(rows.len(), claims.len());
+    assert_eq!(got, want);
+}
+
 #[test]
 fn a_window_whose_partition_cannot_fit_fails_cleanly_instead_of_growing_unseen() {
     let ws = claims_workspace();
-    let out = ws.run(&[
-        "--memory-limit",
-        "16MiB",
-        "--workers",
-        "2",
-        "query",
-        "-t",
-        "claims=claims/*.csv",
-        "--stats",
-        "-o",
+    let out = query_in_16_mib(
+        &ws,
         "window.csv",
         "SELECT *, sum(total_cost) OVER (PARTITION BY member_state) AS state_total FROM claims",
-    ]);
+    );
     let stderr = out.failure(7);
     assert!(
         stderr.contains("WindowAggExec input"),
