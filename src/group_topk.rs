@@ -473,18 +473,33 @@ impl<K: SlotKey> Slots<K> {
         self.keys.swap(base + a, base + b);
         self.locations.swap(base + a, base + b);
     }
+}
 
-    /// Every candidate's slot, group by group.
-    fn slots(&self) -> Vec<usize> {
-        let mut slots = Vec::with_capacity(self.keys.len());
-        for (group, &filled) in self.filled.iter().enumerate() {
-            slots.extend((0..filled as usize).map(|i| group * self.k + i));
-        }
-        slots
+/// What the bookkeeping around [`Slots`] needs of them, whatever their key type.
+trait Placement {
+    fn k(&self) -> usize;
+    /// Candidates per group.
+    fn group_sizes(&self) -> &[u32];
+    fn locations(&self) -> &[Location];
+    fn locations_mut(&mut self) -> &mut [Location];
+    fn size(&self) -> usize;
+}
+
+impl<K: SlotKey> Placement for Slots<K> {
+    fn k(&self) -> usize {
+        self.k
     }
 
     fn group_sizes(&self) -> &[u32] {
         &self.filled
+    }
+
+    fn locations(&self) -> &[Location] {
+        &self.locations
+    }
+
+    fn locations_mut(&mut self) -> &mut [Location] {
+        &mut self.locations
     }
 
     fn size(&self) -> usize {
@@ -501,6 +516,29 @@ impl<K: SlotKey> Slots<K> {
 enum Keys {
     Integer(Slots<u128>, SortOptions, IntegerKind),
     Rows(Slots<Box<[u8]>>, RowConverter),
+}
+
+impl Keys {
+    fn placement(&self) -> &dyn Placement {
+        match self {
+            Keys::Integer(slots, ..) => slots,
+            Keys::Rows(slots, _) => slots,
+        }
+    }
+
+    fn placement_mut(&mut self) -> &mut dyn Placement {
+        match self {
+            Keys::Integer(slots, ..) => slots,
+            Keys::Rows(slots, _) => slots,
+        }
+    }
+
+    fn size(&self) -> usize {
+        match self {
+            Keys::Integer(slots, ..) => slots.size(),
+            Keys::Rows(slots, converter) => slots.size() + converter.size(),
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -611,13 +649,13 @@ impl Candidates {
             .iter()
             .map(|e| e.expr.data_type(&input))
             .collect::<Result<Vec<_>>>()?;
-        let keys = match (order_types.as_slice(), plan.order_by.as_slice()) {
-            ([data_type], [order]) if IntegerKind::of(data_type).is_some() => Keys::Integer(
-                Slots::new(plan.k),
-                order.options,
-                IntegerKind::of(data_type).unwrap_or(IntegerKind::Signed),
-            ),
-            _ => {
+        let integer = match (order_types.as_slice(), plan.order_by.as_slice()) {
+            ([data_type], [order]) => IntegerKind::of(data_type).map(|kind| (kind, order.options)),
+            _ => None,
+        };
+        let keys = match integer {
+            Some((kind, options)) => Keys::Integer(Slots::new(plan.k), options, kind),
+            None => {
                 let fields = order_types
                     .into_iter()
                     .zip(&plan.order_by)
@@ -695,10 +733,7 @@ impl Candidates {
     }
 
     fn candidate_count(&self) -> usize {
-        let sizes = match &self.keys {
-            Keys::Integer(slots, ..) => slots.group_sizes(),
-            Keys::Rows(slots, _) => slots.group_sizes(),
-        };
+        let sizes = self.keys.placement().group_sizes();
         sizes.iter().map(|n| *n as usize).sum()
     }
 
@@ -714,33 +749,30 @@ impl Candidates {
 
     fn size(&self) -> usize {
         let held: usize = self.batches.iter().map(|b| b.get_array_memory_size()).sum();
-        let keys = match &self.keys {
-            Keys::Integer(slots, ..) => slots.size(),
-            Keys::Rows(slots, converter) => slots.size() + converter.size(),
-        };
-        held + keys + self.groups.size() + self.group_ids.capacity() * 8
+        held + self.keys.size() + self.groups.size() + self.group_ids.capacity() * 8
     }
 
-    /// The candidates' slots, group by group.
-    fn slots(&self) -> (Vec<usize>, Vec<Location>) {
-        match &self.keys {
-            Keys::Integer(slots, ..) => (slots.slots(), slots.locations.clone()),
-            Keys::Rows(slots, _) => (slots.slots(), slots.locations.clone()),
+    /// Every candidate's slot, group by group.
+    fn slots(&self) -> Vec<usize> {
+        let placement = self.keys.placement();
+        let k = placement.k();
+        let mut slots = Vec::with_capacity(self.candidate_count());
+        for (group, &filled) in placement.group_sizes().iter().enumerate() {
+            slots.extend((0..filled as usize).map(|i| group * k + i));
         }
+        slots
     }
 
     fn set_locations(&mut self, slots: &[usize]) {
-        let locations = match &mut self.keys {
-            Keys::Integer(s, ..) => &mut s.locations,
-            Keys::Rows(s, _) => &mut s.locations,
-        };
+        let locations = self.keys.placement_mut().locations_mut();
         for (row, slot) in slots.iter().enumerate() {
             locations[*slot] = (0, row as u32);
         }
     }
 
     /// Copies the candidate rows, in slot order, into one batch.
-    fn gather(&self, slots: &[usize], locations: &[Location]) -> Result<RecordBatch> {
+    fn gather(&self, slots: &[usize]) -> Result<RecordBatch> {
+        let locations = self.keys.placement().locations();
         let indices: Vec<(usize, usize)> = slots
             .iter()
             .map(|s| {
@@ -756,8 +788,8 @@ impl Candidates {
         if self.batches.is_empty() {
             return Ok(());
         }
-        let (slots, locations) = self.slots();
-        let compacted = self.gather(&slots, &locations)?;
+        let slots = self.slots();
+        let compacted = self.gather(&slots)?;
         self.set_locations(&slots);
         self.held_rows = compacted.num_rows();
         self.batches = vec![compacted];
@@ -768,22 +800,16 @@ impl Candidates {
         if self.batches.is_empty() {
             return Ok(Vec::new());
         }
-        let (slots, locations) = self.slots();
-        let mut whole = self.gather(&slots, &locations)?;
+        let slots = self.slots();
+        let mut whole = self.gather(&slots)?;
         if let Some(numbering) = &self.numbering {
-            whole = numbered(whole, &slots, self.k(), numbering, &self.schema)?;
+            let k = self.keys.placement().k();
+            whole = numbered(whole, &slots, k, numbering, &self.schema)?;
         }
         Ok((0..whole.num_rows())
             .step_by(batch_size)
             .map(|start| whole.slice(start, batch_size.min(whole.num_rows() - start)))
             .collect())
-    }
-
-    fn k(&self) -> usize {
-        match &self.keys {
-            Keys::Integer(slots, ..) => slots.k,
-            Keys::Rows(slots, _) => slots.k,
-        }
     }
 }
 
