@@ -6,6 +6,9 @@
 //!
 //! Untracked memory is what reaches this point; the pool limit keeps the tracked part well
 //! below any such cap.
+//!
+//! It also sets glibc malloc's arena count and thresholds ([`tune_glibc_malloc`]) before the
+//! runtime starts its threads.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::Write;
@@ -104,4 +107,51 @@ fn refused() -> ! {
           lower --memory-limit, --workers or --batch-size, or raise the process's limit\n",
     );
     std::process::exit(RESOURCES)
+}
+
+/// Environment variables through which a person sets glibc malloc's behaviour themselves; when
+/// one is present, [`tune_glibc_malloc`] leaves the allocator alone.
+const MALLOC_ENVIRONMENT: [&str; 4] = [
+    "GLIBC_TUNABLES",
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+];
+
+/// Largest allocation served from the heap rather than its own `mmap`, and how much free memory
+/// at the top of a heap glibc keeps instead of returning it.
+const MMAP_THRESHOLD: i32 = 32 << 20;
+const TRIM_THRESHOLD: i32 = 128 << 20;
+
+/// Tune glibc malloc for a query engine with `workers` worker threads. Call before any other
+/// thread starts (arenas are fixed once threads allocate).
+///
+/// Why: a Parquet scan reads each column chunk into a new buffer of 0.2–4 MiB. With glibc's
+/// defaults every such buffer is a fresh `mmap` (zeroed, page-faulted in, unmapped when
+/// dropped), and the reads run on tokio's blocking threads, each of which gets its own arena
+/// (up to 8 per core) whose memory starts cold. Serving those buffers from the heap, and
+/// sharing one arena per worker, reuses warm pages: on H2O 1e7 Parquet, 2 workers, page faults
+/// fell from 16,800 to 6,300 on q4 and CPU time by 5–15 % on q2–q9; peak RSS was unchanged
+/// for q10 in memory and under 256 MiB and 1 GiB limits (see the README's defaults table).
+/// The thresholds are glibc's own dynamic maximums, made fixed.
+pub fn tune_glibc_malloc(workers: usize) {
+    if MALLOC_ENVIRONMENT
+        .iter()
+        .any(|name| std::env::var_os(name).is_some())
+    {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        let arenas = i32::try_from(workers.max(2)).unwrap_or(i32::MAX);
+        // SAFETY: `mallopt` only changes allocator parameters; a rejected value returns 0 and
+        // leaves the default in place, which is harmless.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, arenas);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    let _ = workers;
 }

@@ -51,6 +51,7 @@ fn load_config(cli: &Cli) -> Result<(ConfigFile, EngineOptions)> {
 }
 
 fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
+    spillway::allocator::tune_glibc_malloc(options.workers);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(options.workers.max(1))
         .thread_name("spillway-worker")
