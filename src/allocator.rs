@@ -131,9 +131,10 @@ const TRIM_THRESHOLD: i32 = 128 << 20;
 /// dropped), and the reads run on tokio's blocking threads, each of which gets its own arena
 /// (up to 8 per core) whose memory starts cold. Serving those buffers from the heap, and
 /// sharing one arena per worker, reuses warm pages: on H2O 1e7 Parquet, 2 workers, page faults
-/// fell from 16,800 to 6,300 on q4 and CPU time by 5–15 % on q2–q9; peak RSS was unchanged
-/// for q10 in memory and under 256 MiB and 1 GiB limits (see the README's defaults table).
-/// The thresholds are glibc's own dynamic maximums, made fixed.
+/// fell from 16,800 to 6,300 on q4 and wall time by 8–20 % on q2, q3, q4, q6, q8 and q9
+/// (interleaved medians); peak RSS was unchanged for q10 in memory and under 256 MiB and 1 GiB
+/// limits (see the README's defaults table). 32 MiB is glibc's own ceiling for its dynamic
+/// mmap threshold; larger thresholds raised q10's peak RSS by a fifth.
 pub fn tune_glibc_malloc(workers: usize) {
     if MALLOC_ENVIRONMENT
         .iter()
