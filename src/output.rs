@@ -111,6 +111,9 @@ pub struct OutputSpec {
     pub destination: Destination,
     /// Rows the table format shows; 0 shows all.
     pub max_table_rows: usize,
+    /// Compute the SHA-256 of the bytes written (report manifests record it). Off elsewhere:
+    /// hashing a large result costs as much CPU as writing it (H2O q10, 760 MB of Arrow).
+    pub checksum: bool,
 }
 
 /// What a finished sink wrote.
@@ -120,7 +123,7 @@ pub struct OutputSummary {
     pub bytes: u64,
     /// The reader went away (a closed pipe): writing stopped early, which is not an error.
     pub reader_gone: bool,
-    /// SHA-256 of the bytes written, in hex.
+    /// SHA-256 of the bytes written, in hex; empty unless [`OutputSpec::checksum`] asked for it.
     pub sha256: String,
 }
 
@@ -443,18 +446,21 @@ impl Write for Target {
     }
 }
 
-/// A `Write` that counts and hashes the bytes through it (the hash goes into report manifests).
+/// A `Write` that counts, and when asked hashes, the bytes through it (the hash goes into
+/// report manifests).
 struct Counted {
     inner: Target,
     bytes: u64,
-    sha256: Sha256,
+    sha256: Option<Sha256>,
 }
 
 impl Write for Counted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let written = self.inner.write(buf)?;
         self.bytes += written as u64;
-        self.sha256.update(&buf[..written]);
+        if let Some(sha256) = &mut self.sha256 {
+            sha256.update(&buf[..written]);
+        }
         Ok(written)
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -478,7 +484,7 @@ impl FormatWriter {
         let out = Counted {
             inner: target,
             bytes: 0,
-            sha256: Sha256::new(),
+            sha256: spec.checksum.then(Sha256::new),
         };
         let failed = |e: &dyn std::fmt::Display| Error::Output(format!("{described}: {e}"));
         Ok(match spec.format {
@@ -554,7 +560,10 @@ impl FormatWriter {
         }
         .map_err(classify_io)?;
         let bytes = out.bytes;
-        let sha256 = hex(&out.sha256.finalize());
+        let sha256 = out
+            .sha256
+            .map(|sha256| hex(&sha256.finalize()))
+            .unwrap_or_default();
         out.inner.publish().map_err(WriteError::Failed)?;
         Ok((bytes, sha256))
     }
