@@ -548,7 +548,7 @@ pub fn output_spec(args: &QueryArgs) -> Result<OutputSpec> {
         format,
         destination,
         max_table_rows: args.max_rows,
-        checksum: false,
+        manifest: false,
     })
 }
 

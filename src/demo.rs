@@ -42,7 +42,7 @@ pub async fn run(
             format: OutputFormat::Table,
             destination: Destination::Stdout,
             max_table_rows: 15,
-            checksum: false,
+            manifest: false,
         },
         stats: true,
         progress,

@@ -319,6 +319,7 @@ impl Engine {
             .with_physical_optimizer_rule(Arc::new(TopKPerGroup))
             .build();
         let ctx = SessionContext::new_with_state(state);
+        crate::aggregate::register(&ctx);
         Ok(Engine {
             ctx,
             pool,

@@ -6,9 +6,11 @@
 //! from the engine into `output`, with `stats` and `progress` alongside. `query` is the path
 //! every entry point uses to run SQL; `gen` makes deterministic test data. The engine plans
 //! with Spillway's own rules where DataFusion 55 would not stay inside the memory limit
-//! (`rewrite`, `group_topk`), and `allocator` turns memory the OS refuses into exit code 7.
+//! (`rewrite`, `group_topk`), replaces slow DataFusion accumulators with faster ones of the same
+//! name and results (`aggregate`), and `allocator` turns memory the OS refuses into exit code 7.
 //! `serve` answers PostgreSQL clients (BI dashboards) from the same engine and catalog.
 
+pub mod aggregate;
 pub mod allocator;
 pub mod catalog;
 pub mod cli;

@@ -133,7 +133,7 @@ async fn run_once(
             format: output_format(report.effective_format()),
             destination,
             max_table_rows: 0,
-            checksum: true,
+            manifest: true,
         },
         stats: false,
         progress: false,
