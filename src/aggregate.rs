@@ -163,11 +163,8 @@ impl GroupsAccumulator for CorrelationGroups {
     ) -> Result<()> {
         self.groups.resize(total_num_groups, Sums::default());
         let counts = values[0].as_primitive::<UInt64Type>();
-        let sums: Vec<&Float64Array> = values[1..6]
-            .iter()
-            .map(|v| v.as_primitive::<Float64Type>())
-            .collect();
-        let [x, y, xy, xx, yy] = [sums[0], sums[1], sums[2], sums[3], sums[4]].map(|a| a.values());
+        let sum = |column: usize| values[column].as_primitive::<Float64Type>().values();
+        let (x, y, xy, xx, yy) = (sum(1), sum(2), sum(3), sum(4), sum(5));
         for (row, &group) in group_indices.iter().enumerate() {
             // A NULL state (none are made here or by DataFusion) holds no rows.
             if counts.is_null(row) {

@@ -468,10 +468,10 @@ fn has_extension(meta: &ObjectMeta, extension: &str) -> bool {
         .is_some_and(|name| name.to_ascii_lowercase().ends_with(extension))
 }
 
-/// DataFusion's reader for the format, set up from the spec.
 /// Bytes read from the end of a Parquet file in the hope of finding its whole footer.
 const PARQUET_FOOTER_HINT: usize = 64 << 10;
 
+/// DataFusion's reader for the format, set up from the spec.
 fn file_format(
     spec: &TableSpec,
     format: TableFormat,
