@@ -40,6 +40,17 @@ impl Drop for TemporaryGuard {
     }
 }
 
+/// Delete the registered temporary outputs, for an exit that skips destructors. Does not
+/// allocate: `try_lock`, since the failure may have come from a thread holding the list's
+/// lock, and removing a short path builds its C string on the stack.
+pub(crate) fn remove_temporaries() {
+    if let Ok(list) = TEMPORARIES.try_lock() {
+        for path in list.iter() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// Exit code for resources exhausted (see `error::exit_code::RESOURCES`).
 const RESOURCES: i32 = 7;
 
@@ -93,13 +104,7 @@ fn refused() -> ! {
     if REPORTED.load(Ordering::SeqCst) {
         std::process::exit(RESOURCES)
     }
-    // `try_lock`: the failed allocation may have come from a thread holding the list's lock.
-    // Removing a short path builds its C string on the stack, without allocating.
-    if let Ok(list) = TEMPORARIES.try_lock() {
-        for path in list.iter() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
+    remove_temporaries();
     // Static text only: formatting would allocate.
     let _ = std::io::stderr().write_all(
         b"spillway: error: resources exhausted: the operating system refused memory \

@@ -7,7 +7,8 @@
 //! so every store globs the same way. It also wraps each object store in [`CountingStore`], which
 //! counts requests and bytes fetched: the progress bar and `--stats` read those counters.
 //!
-//! Must not print or log secrets; must not read table data (the catalog and engine do).
+//! Must not print or log secrets; must not interpret table data (the catalog and engine do):
+//! it only hands out bytes.
 
 use crate::config::{S3Settings, Secret};
 use crate::error::{Error, Result};
@@ -17,7 +18,11 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::stream::{BoxStream, TryStreamExt};
 use globset::{Glob, GlobMatcher};
+#[cfg(target_os = "linux")]
+use memmap2::Advice;
+use memmap2::MmapOptions;
 use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{BackoffConfig, ClientOptions, RetryConfig};
 use object_store::{
@@ -321,11 +326,17 @@ impl StoreCounters {
 pub struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     counters: Arc<StoreCounters>,
+    /// Set for the local file system: byte ranges are then mapped, not copied ([`mapped_ranges`]).
+    local: Option<Arc<LocalFileSystem>>,
 }
 
 impl CountingStore {
     pub fn new(inner: Arc<dyn ObjectStore>, counters: Arc<StoreCounters>) -> Self {
-        Self { inner, counters }
+        Self {
+            inner,
+            counters,
+            local: None,
+        }
     }
 
     fn count_get(&self, bytes: u64) {
@@ -384,7 +395,21 @@ impl ObjectStore for CountingStore {
         location: &StorePath,
         ranges: &[Range<u64>],
     ) -> object_store::Result<Vec<Bytes>> {
-        let result = self.inner.get_ranges(location, ranges).await?;
+        let mapped = match &self.local {
+            Some(local) => {
+                let path = local.path_to_filesystem(location)?;
+                let wanted = ranges.to_vec();
+                tokio::task::spawn_blocking(move || mapped_ranges(&path, &wanted))
+                    .await
+                    .ok()
+                    .flatten()
+            }
+            None => None,
+        };
+        let result = match mapped {
+            Some(result) => result,
+            None => self.inner.get_ranges(location, ranges).await?,
+        };
         self.count_get(result.iter().map(|bytes| bytes.len() as u64).sum());
         Ok(result)
     }
@@ -431,10 +456,62 @@ impl ObjectStore for CountingStore {
     }
 }
 
-/// The local file system store, counted.
+/// The local file system store, counted, its byte ranges mapped.
 pub fn local_store(counters: Arc<StoreCounters>) -> Arc<dyn ObjectStore> {
-    let local: Arc<dyn ObjectStore> = Arc::new(object_store::local::LocalFileSystem::new());
-    Arc::new(CountingStore::new(local, counters))
+    let local = Arc::new(LocalFileSystem::new());
+    let mut store = CountingStore::new(local.clone(), counters);
+    store.local = Some(local);
+    Arc::new(store)
+}
+
+/// The byte ranges of a local file (Parquet column chunks, mostly) as views of one read-only
+/// memory map of the span they cover, populated up front, or `None` to read them the usual
+/// way (empty or out-of-bounds ranges, a map the OS refuses: the caller's `pread` path then
+/// reports the error or copes).
+///
+/// Why: object_store copies every range out of the page cache into a fresh buffer, and the
+/// Parquet decoder then copies it again while decoding; on H2O 1e7 Parquet that kernel copy
+/// was 8 % of q6's CPU and 19 % of q4's. A map hands the decoder the page cache itself.
+/// Only the ranges' span is mapped, so an address-space cap sees no more than the copy would
+/// take. A file truncated while mapped raises SIGBUS, which `signal` turns into a clean exit.
+fn mapped_ranges(path: &std::path::Path, ranges: &[Range<u64>]) -> Option<Vec<Bytes>> {
+    let start = ranges.iter().map(|r| r.start).min()?;
+    let end = ranges.iter().map(|r| r.end).max()?;
+    let file = std::fs::File::open(path).ok()?;
+    let size = file.metadata().ok()?.len();
+    if end > size || ranges.iter().any(|r| r.start >= r.end) {
+        return None;
+    }
+    let offset = start - start % page_size();
+    let length = usize::try_from(end - offset).ok()?;
+    crate::signal::catch_truncated_maps();
+    // SAFETY: the map is read-only and private to this process; the one way it can fail later
+    // (the file shrinking under it) raises SIGBUS, which `signal::catch_truncated_maps` handles.
+    let map = unsafe { MmapOptions::new().offset(offset).len(length).map(&file) }.ok()?;
+    #[cfg(target_os = "linux")]
+    for range in ranges {
+        // Fault the pages in with one call per range instead of one fault per 16 pages;
+        // refused on kernels before 5.14, which then fault them in as they are read.
+        let _ = map.advise_range(
+            Advice::PopulateRead,
+            (range.start - offset) as usize,
+            (range.end - range.start) as usize,
+        );
+    }
+    let whole = Bytes::from_owner(map);
+    Some(
+        ranges
+            .iter()
+            .map(|r| whole.slice((r.start - offset) as usize..(r.end - offset) as usize))
+            .collect(),
+    )
+}
+
+/// The memory page size, which a map's file offset must be a multiple of.
+fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(size).ok().filter(|&s| s > 0).unwrap_or(4096)
 }
 
 /// Keep only the files of a resolved location (for callers that need plain metadata).
@@ -602,6 +679,30 @@ fn ini_section(text: &str, section: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mapped_ranges_hold_the_same_bytes_as_the_file_across_page_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        let content: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let ranges = [5000..5001, 4090..8200, 12000..12388];
+        let mapped = mapped_ranges(&path, &ranges).expect("mapped");
+        for (range, bytes) in ranges.iter().zip(&mapped) {
+            assert_eq!(&bytes[..], &content[range.start as usize..range.end as usize]);
+        }
+    }
+
+    #[test]
+    fn ranges_past_the_end_or_empty_are_left_to_the_ordinary_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("data.bin");
+        std::fs::write(&path, [1u8; 100]).unwrap();
+        assert!(mapped_ranges(&path, &[10..101]).is_none());
+        assert!(mapped_ranges(&path, &[10..10]).is_none());
+        assert!(mapped_ranges(&path, &[]).is_none());
+        assert!(mapped_ranges(&dir.path().join("missing"), &[0..1]).is_none());
+    }
 
     #[test]
     fn globs_split_at_the_first_segment_with_a_glob_character() {
