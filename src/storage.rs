@@ -459,9 +459,11 @@ impl ObjectStore for CountingStore {
 /// The local file system store, counted, its byte ranges mapped.
 pub fn local_store(counters: Arc<StoreCounters>) -> Arc<dyn ObjectStore> {
     let local = Arc::new(LocalFileSystem::new());
-    let mut store = CountingStore::new(local.clone(), counters);
-    store.local = Some(local);
-    Arc::new(store)
+    Arc::new(CountingStore {
+        inner: local.clone(),
+        counters,
+        local: Some(local),
+    })
 }
 
 /// The byte ranges of a local file (Parquet column chunks, mostly) as views of one read-only
@@ -473,7 +475,8 @@ pub fn local_store(counters: Arc<StoreCounters>) -> Arc<dyn ObjectStore> {
 /// Parquet decoder then copies it again while decoding; on H2O 1e7 Parquet that kernel copy
 /// was 8 % of q6's CPU and 19 % of q4's. A map hands the decoder the page cache itself.
 /// Only the span the ranges cover is mapped (for a Parquet scan, at most one row group), so an
-/// address-space cap sees little more than the copy would take; a map it refuses falls back. A file truncated while mapped raises SIGBUS, which `signal` turns into a clean exit.
+/// address-space cap sees little more than the copy would take; a map it refuses falls back.
+/// A file truncated while mapped raises SIGBUS, which `signal` turns into a clean exit.
 fn mapped_ranges(path: &std::path::Path, ranges: &[Range<u64>]) -> Option<Vec<Bytes>> {
     let start = ranges.iter().map(|r| r.start).min()?;
     let end = ranges.iter().map(|r| r.end).max()?;
@@ -689,7 +692,10 @@ mod tests {
         let ranges = [5000..5001, 4090..8200, 12000..12388];
         let mapped = mapped_ranges(&path, &ranges).expect("mapped");
         for (range, bytes) in ranges.iter().zip(&mapped) {
-            assert_eq!(&bytes[..], &content[range.start as usize..range.end as usize]);
+            assert_eq!(
+                &bytes[..],
+                &content[range.start as usize..range.end as usize]
+            );
         }
     }
 
@@ -718,7 +724,11 @@ mod tests {
         let mut status = 0;
         // SAFETY: waiting for our own child.
         assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
-        assert!(libc::WIFEXITED(status), "child died by signal {}", libc::WTERMSIG(status));
+        assert!(
+            libc::WIFEXITED(status),
+            "child died by signal {}",
+            libc::WTERMSIG(status)
+        );
         assert_eq!(libc::WEXITSTATUS(status), 5);
         drop(mapped);
     }
