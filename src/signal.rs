@@ -3,9 +3,9 @@
 //! removed.
 //!
 //! The one signal that does end the process here is SIGBUS from a memory-mapped input file
-//! (`storage` maps local Parquet column chunks) that shrank while it was read: the reading
-//! thread cannot continue, so the handler removes temporary outputs and exits with the input
-//! data code and one error line instead of dying by the signal.
+//! (`storage` maps the byte ranges it reads from local files) that shrank while it was read:
+//! the reading thread cannot continue, so the handler removes temporary outputs and exits with
+//! the input data code and one error line instead of dying by the signal.
 
 use std::sync::Once;
 
