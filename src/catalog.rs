@@ -636,7 +636,11 @@ fn merge_schemas(
                     other_field.data_type()
                 ))
             })?;
-        fields.push(Field::new(field.name(), data_type, true));
+        // NULLs are possible where either file allows them; Parquet files that declare a column
+        // required keep it non-nullable, which lets plans skip NULL handling (and lets
+        // `group_keys` pack integer GROUP BY columns).
+        let nullable = field.is_nullable() || other_field.is_nullable();
+        fields.push(Field::new(field.name(), data_type, nullable));
     }
     if let Some(extra) = other
         .fields()
@@ -710,5 +714,22 @@ mod tests {
         let c: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, true)]));
         let merged = merge_schemas("a.csv", &a, "c.csv", &c, true).unwrap();
         assert_eq!(merged.field(0).data_type(), &DataType::Float64);
+    }
+
+    #[test]
+    fn a_column_is_nullable_in_the_table_when_any_file_allows_nulls() {
+        let schema = |id_nullable: bool| -> SchemaRef {
+            Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int32, id_nullable),
+                Field::new("v", DataType::Float64, true),
+            ]))
+        };
+        let nullability = |merged: SchemaRef| -> Vec<bool> {
+            merged.fields().iter().map(|f| f.is_nullable()).collect()
+        };
+        let both_required = merge_schemas("a", &schema(false), "b", &schema(false), false);
+        assert_eq!(nullability(both_required.unwrap()), [false, true]);
+        let one_optional = merge_schemas("a", &schema(false), "b", &schema(true), false);
+        assert_eq!(nullability(one_optional.unwrap()), [true, true]);
     }
 }

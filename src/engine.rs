@@ -10,6 +10,7 @@
 use crate::catalog::{self, RegisteredTable, TableSpec};
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
+use crate::group_keys::PackIntegerKeys;
 use crate::group_topk::TopKPerGroup;
 use crate::output::ObjectTarget;
 use crate::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TwoLevelDistinct};
@@ -315,6 +316,7 @@ impl Engine {
             .with_runtime_env(runtime)
             .with_default_features()
             .with_optimizer_rule(Arc::new(TwoLevelDistinct))
+            .with_optimizer_rule(Arc::new(PackIntegerKeys))
             .with_physical_optimizer_rule(Arc::new(AccountWindowInput))
             .with_physical_optimizer_rule(Arc::new(TopKPerGroup))
             .build();

@@ -19,6 +19,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod gen;
+pub mod group_keys;
 pub mod group_topk;
 pub mod output;
 pub mod progress;

@@ -68,13 +68,21 @@ impl OptimizerRule for TwoLevelDistinct {
         plan: LogicalPlan,
         _config: &dyn OptimizerConfig,
     ) -> Result<Transformed<LogicalPlan>> {
-        let LogicalPlan::Aggregate(aggregate) = &plan else {
-            return Ok(Transformed::no(plan));
-        };
-        match two_level(aggregate)? {
-            Some(rewritten) => Ok(Transformed::yes(rewritten)),
-            None => Ok(Transformed::no(plan)),
-        }
+        rewrite_aggregate(plan, two_level)
+    }
+}
+
+/// `plan` rewritten by `rewrite` if it is an aggregation and `rewrite` gives a new plan for it.
+pub fn rewrite_aggregate(
+    plan: LogicalPlan,
+    rewrite: impl FnOnce(&Aggregate) -> Result<Option<LogicalPlan>>,
+) -> Result<Transformed<LogicalPlan>> {
+    let LogicalPlan::Aggregate(aggregate) = &plan else {
+        return Ok(Transformed::no(plan));
+    };
+    match rewrite(aggregate)? {
+        Some(rewritten) => Ok(Transformed::yes(rewritten)),
+        None => Ok(Transformed::no(plan)),
     }
 }
 
