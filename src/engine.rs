@@ -10,10 +10,10 @@
 use crate::catalog::{self, RegisteredTable, TableSpec};
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
-use crate::group_keys::PackIntegerKeys;
+use crate::group_keys::PACK_INTEGER_KEYS;
 use crate::group_topk::TopKPerGroup;
 use crate::output::ObjectTarget;
-use crate::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TwoLevelDistinct};
+use crate::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TWO_LEVEL_DISTINCT};
 use crate::storage::{self, Location, StoreCounters};
 use datafusion::common::config::SpillCompression;
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -315,8 +315,8 @@ impl Engine {
             .with_config(session_config(&options))
             .with_runtime_env(runtime)
             .with_default_features()
-            .with_optimizer_rule(Arc::new(TwoLevelDistinct))
-            .with_optimizer_rule(Arc::new(PackIntegerKeys))
+            .with_optimizer_rule(Arc::new(TWO_LEVEL_DISTINCT))
+            .with_optimizer_rule(Arc::new(PACK_INTEGER_KEYS))
             .with_physical_optimizer_rule(Arc::new(AccountWindowInput))
             .with_physical_optimizer_rule(Arc::new(TopKPerGroup))
             .build();

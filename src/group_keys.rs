@@ -3,7 +3,7 @@
 //! DataFusion 55 groups a single primitive column with `GroupValuesPrimitive` (one hash table
 //! of native values) but several columns with `GroupValuesColumn`, which hashes each column,
 //! then compares each column of every candidate row separately; on H2O q6 (`GROUP BY id4, id5`,
-//! two int32 columns, 10M rows) that was 11 % of the query's CPU. [`PackIntegerKeys`] rewrites
+//! two int32 columns, 10M rows) that was 11 % of the query's CPU. [`PACK_INTEGER_KEYS`] rewrites
 //! `GROUP BY a, b` over non-nullable integers of at most 64 bits together into
 //! `GROUP BY spillway_pack_keys(a, b)` and unpacks the columns from the key above the
 //! aggregation, with shifts and casts, for the (few) output rows.
@@ -11,12 +11,12 @@
 //! Must not change results: the rewrite keeps the aggregate's output names, qualifiers and types,
 //! and applies only where packing is lossless (no NULLs, every bit of every column kept).
 
+use crate::rewrite::AggregateRewrite;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use datafusion::arrow::datatypes::ArrowNativeType;
 use datafusion::arrow::datatypes::{
     ArrowPrimitiveType, DataType, Int16Type, Int32Type, Int8Type, UInt16Type, UInt32Type, UInt8Type,
 };
-use datafusion::common::tree_node::Transformed;
 use datafusion::common::{exec_err, Column, Result};
 use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
@@ -24,7 +24,7 @@ use datafusion::logical_expr::{
     LogicalPlanBuilder, Operator, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
     Volatility,
 };
-use datafusion::optimizer::{ApplyOrder, OptimizerConfig, OptimizerRule};
+use datafusion::optimizer::ApplyOrder;
 use std::sync::Arc;
 
 /// The name of the packed key column between the aggregation and the unpacking projection.
@@ -32,30 +32,8 @@ const PACKED_KEY: &str = "__spillway_packed_key";
 
 /// Rewrites an aggregation grouped by two or more non-nullable integer columns that fit in 64
 /// bits together into one grouped by their packed key (see the module doc).
-#[derive(Debug, Default)]
-pub struct PackIntegerKeys;
-
-impl OptimizerRule for PackIntegerKeys {
-    fn name(&self) -> &str {
-        "spillway_pack_integer_keys"
-    }
-
-    fn apply_order(&self) -> Option<ApplyOrder> {
-        Some(ApplyOrder::BottomUp)
-    }
-
-    fn supports_rewrite(&self) -> bool {
-        true
-    }
-
-    fn rewrite(
-        &self,
-        plan: LogicalPlan,
-        _config: &dyn OptimizerConfig,
-    ) -> Result<Transformed<LogicalPlan>> {
-        crate::rewrite::rewrite_aggregate(plan, packed)
-    }
-}
+pub const PACK_INTEGER_KEYS: AggregateRewrite =
+    AggregateRewrite::new("spillway_pack_integer_keys", ApplyOrder::BottomUp, packed);
 
 /// Where one group column sits in the packed key.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -183,7 +161,7 @@ fn mask(width: u32) -> i64 {
 }
 
 /// `spillway_pack_keys(a, b, …)`: the integer arguments' bits side by side in one Int64, the
-/// first argument highest (the layout [`slots`] gives). Only [`PackIntegerKeys`] calls it.
+/// first argument highest (the layout [`slots`] gives). Only [`PACK_INTEGER_KEYS`] calls it.
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct PackKeys {
     signature: Signature,
@@ -282,7 +260,7 @@ mod tests {
         let state = datafusion::execution::SessionStateBuilder::new()
             .with_config(config)
             .with_default_features()
-            .with_optimizer_rule(Arc::new(PackIntegerKeys))
+            .with_optimizer_rule(Arc::new(PACK_INTEGER_KEYS))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let rows = rows();

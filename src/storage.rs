@@ -493,12 +493,12 @@ fn mapped_ranges(path: &std::path::Path, ranges: &[Range<u64>]) -> Option<Vec<By
         return None;
     }
     let (whole, offset) = map_span(&file, start..end, ranges)?;
-    Some(
-        ranges
-            .iter()
-            .map(|r| whole.slice((r.start - offset) as usize..(r.end - offset) as usize))
-            .collect(),
-    )
+    Some(ranges.iter().map(|r| view(&whole, offset, r)).collect())
+}
+
+/// The bytes of file `range` within a map of the file that starts at file offset `offset`.
+fn view(map: &Bytes, offset: u64, range: &Range<u64>) -> Bytes {
+    map.slice((range.start - offset) as usize..(range.end - offset) as usize)
 }
 
 /// Smallest `get_opts` range served from a map: below it (Parquet footers, schema probes) one
@@ -580,8 +580,7 @@ fn read_ahead(file: &std::fs::File, span: Range<u64>) {
 /// `span` of `file` as one mapped view, or copied with `pread` if the OS refuses the map.
 fn read_span(file: &std::fs::File, span: Range<u64>) -> object_store::Result<Bytes> {
     if let Some((whole, offset)) = map_span(file, span.clone(), std::slice::from_ref(&span)) {
-        let from = (span.start - offset) as usize;
-        return Ok(whole.slice(from..from + (span.end - span.start) as usize));
+        return Ok(view(&whole, offset, &span));
     }
     use std::os::unix::fs::FileExt;
     let mut buffer = vec![0; (span.end - span.start) as usize];
