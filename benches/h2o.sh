@@ -18,7 +18,8 @@ for arg in "$@"; do
 done
 
 venv="${SPILLWAY_BENCH_VENV:-$HOME/.cache/spillway/bench-venv}"
-packages=(duckdb polars datafusion pyarrow matplotlib)
+# DataFusion pinned to the major Spillway builds on, so "stock DataFusion" means the same engine.
+packages=(duckdb polars "datafusion==55.*" pyarrow matplotlib)
 if ! "$venv/bin/python" -c "import duckdb, polars, datafusion, pyarrow, matplotlib" 2>/dev/null; then
   echo "h2o: making the venv $venv (${packages[*]} from PyPI)" >&2
   python3 -m venv "$venv"
