@@ -22,7 +22,7 @@
 
 use datafusion::arrow::array::{
     Array, ArrayRef, ArrowNativeTypeOp, AsArray, BooleanArray, Float64Array, ListArray,
-    NullBufferBuilder, PrimitiveArray, UInt64Array,
+    PrimitiveArray, UInt64Array,
 };
 use datafusion::arrow::buffer::{NullBuffer, OffsetBuffer, ScalarBuffer};
 use datafusion::arrow::datatypes::{
@@ -230,21 +230,8 @@ impl GroupsAccumulator for CorrelationGroups {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let groups = self.take(emit_to);
-        let mut values = Vec::with_capacity(groups.len());
-        let mut nulls = NullBufferBuilder::new(groups.len());
-        for sums in &groups {
-            match sums.correlation() {
-                Some(r) => {
-                    values.push(r);
-                    nulls.append_non_null();
-                }
-                None => {
-                    values.push(0.0);
-                    nulls.append_null();
-                }
-            }
-        }
-        Ok(Arc::new(Float64Array::new(values.into(), nulls.finish())))
+        let r: Float64Array = groups.iter().map(Sums::correlation).collect();
+        Ok(Arc::new(r))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
@@ -471,24 +458,11 @@ impl<T: ArrowNumericType> GroupsAccumulator for MedianGroups<T> {
 
     fn evaluate(&mut self, emit_to: EmitTo) -> Result<ArrayRef> {
         let (starts, mut sorted) = self.take(emit_to);
-        let groups = starts.len() - 1;
-        let mut medians = Vec::with_capacity(groups);
-        let mut nulls = NullBufferBuilder::new(groups);
-        for run in starts.windows(2) {
-            match median::<T>(&mut sorted[run[0]..run[1]]) {
-                Some(m) => {
-                    medians.push(m);
-                    nulls.append_non_null();
-                }
-                None => {
-                    medians.push(T::Native::default());
-                    nulls.append_null();
-                }
-            }
-        }
-        let array = PrimitiveArray::<T>::new(medians.into(), nulls.finish())
-            .with_data_type(self.data_type.clone());
-        Ok(Arc::new(array))
+        let medians: PrimitiveArray<T> = starts
+            .windows(2)
+            .map(|run| median::<T>(&mut sorted[run[0]..run[1]]))
+            .collect();
+        Ok(Arc::new(medians.with_data_type(self.data_type.clone())))
     }
 
     fn state(&mut self, emit_to: EmitTo) -> Result<Vec<ArrayRef>> {
