@@ -6,7 +6,11 @@
 //! two int32 columns, 10M rows) that was 11 % of the query's CPU. [`PACK_INTEGER_KEYS`] rewrites
 //! `GROUP BY a, b` over non-nullable integers of at most 64 bits together into
 //! `GROUP BY spillway_pack_keys(a, b)` and unpacks the columns from the key above the
-//! aggregation, with shifts and casts, for the (few) output rows.
+//! aggregation, with shifts and casts, for the output rows. Among other group columns
+//! (`GROUP BY s, a, b` with `s` a string) the integers that fit are packed and the rest kept:
+//! on H2O q10 (three strings, three int32) that is five columns instead of six to hash and
+//! compare, and, when the aggregation spills, to sort by (arrow sorts up to five columns with
+//! a fixed, unrolled comparator, more through a loop of boxed ones).
 //!
 //! Must not change results: the rewrite keeps the aggregate's output names, qualifiers and types,
 //! and applies only where packing is lossless (no NULLs, every bit of every column kept).
@@ -31,7 +35,8 @@ use std::sync::Arc;
 const PACKED_KEY: &str = "__spillway_packed_key";
 
 /// Rewrites an aggregation grouped by two or more non-nullable integer columns that fit in 64
-/// bits together into one grouped by their packed key (see the module doc).
+/// bits together into one grouped by their packed key and its other group columns (see the
+/// module doc).
 pub const PACK_INTEGER_KEYS: AggregateRewrite =
     AggregateRewrite::new("spillway_pack_integer_keys", ApplyOrder::BottomUp, packed);
 
@@ -89,38 +94,62 @@ fn packed(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         return Ok(None);
     }
     let input_schema = aggregate.input.schema();
+    // The group columns that pack: non-nullable integer columns, taken in order while they fit
+    // in 64 bits together. The others (strings, wide integers, expressions) stay beside the key.
+    let mut packed_at = Vec::with_capacity(groups.len());
     let mut types = Vec::with_capacity(groups.len());
-    for group in groups {
+    let mut bits = 0;
+    for (i, group) in groups.iter().enumerate() {
         if !matches!(group, Expr::Column(_)) || group.nullable(input_schema)? {
-            return Ok(None);
+            continue;
         }
-        types.push(group.get_type(input_schema)?);
+        let data_type = group.get_type(input_schema)?;
+        match integer_kind(&data_type) {
+            Some((width, _)) if bits + width <= 64 => {
+                bits += width;
+                packed_at.push(i);
+                types.push(data_type);
+            }
+            _ => {}
+        }
+    }
+    if packed_at.len() < 2 {
+        return Ok(None);
     }
     let Some(slots) = slots(&types) else {
         return Ok(None);
     };
     let key = Expr::ScalarFunction(ScalarFunction::new_udf(
         Arc::new(ScalarUDF::new_from_impl(PackKeys::new())),
-        groups.clone(),
+        packed_at.iter().map(|&i| groups[i].clone()).collect(),
     ))
     .alias(PACKED_KEY);
+    // The key first: the aggregation hashes, compares and (when it spills) sorts by it first.
+    let others: Vec<usize> = (0..groups.len())
+        .filter(|i| !packed_at.contains(i))
+        .collect();
+    let inner_groups = std::iter::once(key)
+        .chain(others.iter().map(|&i| groups[i].clone()))
+        .collect::<Vec<_>>();
     let inner = LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
-        .aggregate(vec![key], aggregate.aggr_expr.clone())?
+        .aggregate(inner_groups, aggregate.aggr_expr.clone())?
         .build()?;
     let inner_schema = inner.schema().clone();
     let schema = &aggregate.schema;
     let key_column = Expr::Column(Column::from(inner_schema.qualified_field(0)));
+    let inner_column = |at: usize| Expr::Column(Column::from(inner_schema.qualified_field(at)));
     let projection = (0..schema.fields().len()).map(|i| {
         let (qualifier, field) = schema.qualified_field(i);
-        let expr = match slots.get(i) {
-            Some(slot) => cast(
-                unpacked(key_column.clone(), *slot),
+        let expr = if let Some(p) = packed_at.iter().position(|&g| g == i) {
+            cast(
+                unpacked(key_column.clone(), slots[p]),
                 field.data_type().clone(),
-            ),
-            // The aggregates follow the key in the same order as they followed the groups.
-            None => Expr::Column(Column::from(
-                inner_schema.qualified_field(i + 1 - slots.len()),
-            )),
+            )
+        } else if let Some(o) = others.iter().position(|&g| g == i) {
+            inner_column(1 + o)
+        } else {
+            // The aggregates follow the groups in the same order as before.
+            inner_column(i - groups.len() + 1 + others.len())
         };
         expr.alias_qualified(qualifier.cloned(), field.name())
     });
@@ -340,6 +369,54 @@ mod tests {
             }
         }
         assert_eq!(got.len(), 75);
+        assert_eq!(got, expected);
+    }
+
+    #[tokio::test]
+    async fn integers_beside_other_group_columns_pack_and_the_others_stay_in_place() {
+        let ctx = context(false);
+        // `v % 7` (an expression) and `v > 1500` (a boolean) stay; a, b and c (56 bits) pack.
+        let sql = "SELECT a, v % 7 AS m, b, v > 1500 AS late, c, sum(v) AS s, count(*) AS n \
+                   FROM t GROUP BY a, v % 7, b, v > 1500, c";
+        assert!(plan_text(&ctx, sql)
+            .await
+            .contains("spillway_pack_keys(t.a, t.b, t.c)"));
+        let df = ctx.sql(sql).await.unwrap();
+        let names: Vec<String> = df
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.name().clone())
+            .collect();
+        assert_eq!(names, ["a", "m", "b", "late", "c", "s", "n"]);
+        let mut expected: BTreeMap<(i32, i64, i8, bool, u16), (i64, i64)> = BTreeMap::new();
+        for (a, b, c, v) in rows() {
+            let entry = expected.entry((a, v % 7, b, v > 1500, c)).or_default();
+            entry.0 += v;
+            entry.1 += 1;
+        }
+        let mut got = BTreeMap::new();
+        for batch in df.collect().await.unwrap() {
+            let a = batch.column(0).as_primitive::<Int32Type>();
+            let m = batch.column(1).as_primitive::<Int64Type>();
+            let b = batch.column(2).as_primitive::<Int8Type>();
+            let late = batch.column(3).as_boolean();
+            let c = batch.column(4).as_primitive::<UInt16Type>();
+            let s = batch.column(5).as_primitive::<Int64Type>();
+            let n = batch.column(6).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                got.insert(
+                    (
+                        a.value(i),
+                        m.value(i),
+                        b.value(i),
+                        late.value(i),
+                        c.value(i),
+                    ),
+                    (s.value(i), n.value(i)),
+                );
+            }
+        }
         assert_eq!(got, expected);
     }
 
