@@ -136,13 +136,12 @@ fn packed(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         .build()?;
     let inner_schema = inner.schema().clone();
     let schema = &aggregate.schema;
-    let key_column = Expr::Column(Column::from(inner_schema.qualified_field(0)));
     let inner_column = |at: usize| Expr::Column(Column::from(inner_schema.qualified_field(at)));
     let projection = (0..schema.fields().len()).map(|i| {
         let (qualifier, field) = schema.qualified_field(i);
         let expr = if let Some(p) = packed_at.iter().position(|&g| g == i) {
             cast(
-                unpacked(key_column.clone(), slots[p]),
+                unpacked(inner_column(0), slots[p]),
                 field.data_type().clone(),
             )
         } else if let Some(o) = others.iter().position(|&g| g == i) {
