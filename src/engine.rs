@@ -9,6 +9,7 @@
 
 use crate::catalog::{self, RegisteredTable, TableSpec};
 use crate::config::S3Settings;
+use crate::csv_scan::FastCsvScan;
 use crate::error::{Error, Result};
 use crate::group_keys::PACK_INTEGER_KEYS;
 use crate::group_topk::TopKPerGroup;
@@ -319,6 +320,7 @@ impl Engine {
             .with_optimizer_rule(Arc::new(PACK_INTEGER_KEYS))
             .with_physical_optimizer_rule(Arc::new(AccountWindowInput))
             .with_physical_optimizer_rule(Arc::new(TopKPerGroup))
+            .with_physical_optimizer_rule(Arc::new(FastCsvScan))
             .build();
         let ctx = SessionContext::new_with_state(state);
         crate::aggregate::register(&ctx);

@@ -15,6 +15,7 @@ pub mod allocator;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod csv_scan;
 pub mod demo;
 pub mod engine;
 pub mod error;
