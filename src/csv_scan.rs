@@ -351,7 +351,7 @@ impl FileOpener for FastCsvOpener {
     }
 }
 
-/// Batches decoded from a reader of local bytes (the loop arrow-csv's own reader runs).
+/// Batches decoded from a reader of local bytes.
 fn read_batches(
     mut reader: impl BufRead + Send + 'static,
     mut decoder: PlainCsvDecoder,
@@ -359,13 +359,18 @@ fn read_batches(
     let mut next = move || -> DfResult<Option<RecordBatch>> {
         loop {
             let buf = reader.fill_buf()?;
+            let at_end = buf.is_empty();
             let decoded = decoder.decode(buf)?;
-            if decoded == 0 {
-                break;
+            if decoded != 0 {
+                reader.consume(decoded);
+                continue;
             }
-            reader.consume(decoded);
+            // A batch of blank lines flushes to nothing: that is not the end of the input.
+            match decoder.flush()? {
+                None if !at_end => continue,
+                batch => return Ok(batch),
+            }
         }
-        Ok(decoder.flush()?)
     };
     std::iter::from_fn(move || next().transpose())
 }
@@ -969,8 +974,8 @@ mod tests {
             let expected: Vec<u32> = data
                 .iter()
                 .enumerate()
-                .filter(|(_, &byte)| byte == b',' || byte == b'\n')
-                .map(|(at, &byte)| ((at as u32) << 1) | u32::from(byte == b'\n'))
+                .filter(|(_, byte)| **byte == b',' || **byte == b'\n')
+                .map(|(at, byte)| ((at as u32) << 1) | u32::from(*byte == b'\n'))
                 .collect();
             find_separators(&data, b',', &mut found);
             assert_eq!(found, expected, "{data:?}");
