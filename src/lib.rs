@@ -7,7 +7,8 @@
 //! every entry point uses to run SQL; `gen` makes deterministic test data. The engine plans
 //! with Spillway's own rules where DataFusion 55 would not stay inside the memory limit
 //! (`rewrite`, `group_topk`), replaces slow DataFusion accumulators with faster ones of the same
-//! name and results (`aggregate`), and `allocator` turns memory the OS refuses into exit code 7.
+//! name and results (`aggregate`), decodes plain CSV with its own decoder (`csv_scan`), and
+//! `allocator` turns memory the OS refuses into exit code 7.
 //! `serve` answers PostgreSQL clients (BI dashboards) from the same engine and catalog.
 
 pub mod aggregate;
