@@ -549,6 +549,16 @@ impl Engine {
         let settings = config.options_mut();
         settings.optimizer.prefer_hash_join = false;
         settings.optimizer.enable_topk_aggregation = false;
+        // A sort frees its merge reservation to sort what it holds before spilling, then takes it
+        // back; under a small pool the other partition's merge can take that memory in between
+        // (seen once in five test-suite runs at 16 MiB: "allocation failed for
+        // ExternalSorterMerge"). A larger share kept for merges up front leaves less to take.
+        let merge_share =
+            pool_size(self.options.memory_limit) / (2 * self.options.workers.max(1) as u64);
+        let merge_share = merge_share.clamp(1 << 20, 10 << 20) as usize;
+        let execution = &mut settings.execution;
+        execution.sort_spill_reservation_bytes =
+            execution.sort_spill_reservation_bytes.max(merge_share);
         // Top k per group holds k rows per group in memory; the full sort spills.
         let mut rules: Vec<_> = self
             .ctx
