@@ -18,7 +18,7 @@
 use datafusion::arrow::array::builder::NullBufferBuilder;
 use datafusion::arrow::array::{
     ArrayRef, BooleanBuilder, NullArray, PrimitiveArray, RecordBatch, RecordBatchOptions,
-    StringBuilder, StringViewBuilder,
+    StringBuilder, StringViewArray,
 };
 use datafusion::arrow::compute::kernels::cast_utils::{parse_decimal, Parser};
 use datafusion::arrow::csv::reader::Decoder as ArrowCsvDecoder;
@@ -324,11 +324,8 @@ impl FileOpener for FastCsvOpener {
                     file.object_meta.size,
                     b'\n',
                 )
-                .await?
-                .map(|bytes| bytes.map_err(DataFusionError::from));
-                let input = compression.convert_stream(aligned.boxed())?.fuse();
-                let stream = deserialize_stream(input, DecoderDeserializer::new(decoder));
-                return Ok(stream.map(|batch| batch.map_err(Into::into)).boxed());
+                .await?;
+                return decode_stream(aligned, compression, decoder);
             }
             let result = store.get_opts(&location, GetOptions::default()).await?;
             match result.payload {
@@ -340,15 +337,22 @@ impl FileOpener for FastCsvOpener {
                     let batches = read_batches(reader, decoder);
                     Ok(futures::stream::iter(batches).boxed())
                 }
-                GetResultPayload::Stream(bytes) => {
-                    let bytes = bytes.map(|chunk| chunk.map_err(DataFusionError::from));
-                    let input = compression.convert_stream(bytes.boxed())?.fuse();
-                    let stream = deserialize_stream(input, DecoderDeserializer::new(decoder));
-                    Ok(stream.map(|batch| batch.map_err(Into::into)).boxed())
-                }
+                GetResultPayload::Stream(bytes) => decode_stream(bytes, compression, decoder),
             }
         }))
     }
+}
+
+/// Batches decoded from a stream of (possibly compressed) bytes.
+fn decode_stream(
+    bytes: impl futures::Stream<Item = object_store::Result<bytes::Bytes>> + Send + 'static,
+    compression: FileCompressionType,
+    decoder: PlainCsvDecoder,
+) -> DfResult<futures::stream::BoxStream<'static, DfResult<RecordBatch>>> {
+    let bytes = bytes.map(|chunk| chunk.map_err(DataFusionError::from));
+    let input = compression.convert_stream(bytes.boxed())?.fuse();
+    let stream = deserialize_stream(input, DecoderDeserializer::new(decoder));
+    Ok(stream.map(|batch| batch.map_err(Into::into)).boxed())
 }
 
 /// Batches decoded from a reader of local bytes.
@@ -749,26 +753,10 @@ fn parse_column(
         DataType::Utf8 => {
             let bytes = values.clone().map(str::len).sum();
             let mut builder = StringBuilder::with_capacity(rows, bytes);
-            for value in values {
-                if value.is_empty() {
-                    builder.append_null();
-                } else {
-                    builder.append_value(value);
-                }
-            }
+            builder.extend(values.map(non_empty));
             Arc::new(builder.finish())
         }
-        DataType::Utf8View => {
-            let mut builder = StringViewBuilder::with_capacity(rows);
-            for value in values {
-                if value.is_empty() {
-                    builder.append_null();
-                } else {
-                    builder.append_value(value);
-                }
-            }
-            Arc::new(builder.finish())
-        }
+        DataType::Utf8View => Arc::new(values.map(non_empty).collect::<StringViewArray>()),
         other => {
             return Err(Failure::Arrow(ArrowError::ParseError(format!(
                 "Unsupported data type {other:?}"
@@ -777,25 +765,19 @@ fn parse_column(
     })
 }
 
+/// An empty field is NULL, as arrow-csv reads it without a null regex.
+fn non_empty(value: &str) -> Option<&str> {
+    (!value.is_empty()).then_some(value)
+}
+
 fn primitive<'a, T: Parser>(
     values: impl Iterator<Item = &'a str>,
     rows: usize,
 ) -> std::result::Result<ArrayRef, Failure> {
-    let mut parsed = Vec::with_capacity(rows);
-    let mut nulls = NullBufferBuilder::new(rows);
-    for (row, value) in values.enumerate() {
-        if value.is_empty() {
-            parsed.push(T::Native::default());
-            nulls.append_null();
-        } else {
-            parsed.push(T::parse(value).ok_or(Failure::Value(row))?);
-            nulls.append_non_null();
-        }
-    }
-    Ok(Arc::new(PrimitiveArray::<T>::new(
-        parsed.into(),
-        nulls.finish(),
-    )))
+    let array = parse_values::<T>(values, rows, |row, value| {
+        T::parse(value).ok_or(Failure::Value(row))
+    })?;
+    Ok(Arc::new(array))
 }
 
 fn decimal<'a, T: DecimalType>(
@@ -804,21 +786,33 @@ fn decimal<'a, T: DecimalType>(
     precision: u8,
     scale: i8,
 ) -> std::result::Result<ArrayRef, Failure> {
+    let array = parse_values::<T>(values, rows, |_, value| {
+        parse_decimal::<T>(value, precision, scale).map_err(Failure::Arrow)
+    })?;
+    let array = array
+        .with_precision_and_scale(precision, scale)
+        .map_err(Failure::Arrow)?;
+    Ok(Arc::new(array))
+}
+
+/// A primitive array of `rows` values: NULL for an empty field, `parse(row, value)` otherwise.
+fn parse_values<'a, T: ArrowPrimitiveType>(
+    values: impl Iterator<Item = &'a str>,
+    rows: usize,
+    parse: impl Fn(usize, &str) -> std::result::Result<T::Native, Failure>,
+) -> std::result::Result<PrimitiveArray<T>, Failure> {
     let mut parsed = Vec::with_capacity(rows);
     let mut nulls = NullBufferBuilder::new(rows);
-    for value in values {
+    for (row, value) in values.enumerate() {
         if value.is_empty() {
             parsed.push(T::Native::default());
             nulls.append_null();
         } else {
-            parsed.push(parse_decimal::<T>(value, precision, scale).map_err(Failure::Arrow)?);
+            parsed.push(parse(row, value)?);
             nulls.append_non_null();
         }
     }
-    let array = PrimitiveArray::<T>::new(parsed.into(), nulls.finish())
-        .with_precision_and_scale(precision, scale)
-        .map_err(Failure::Arrow)?;
-    Ok(Arc::new(array))
+    Ok(PrimitiveArray::<T>::new(parsed.into(), nulls.finish()))
 }
 
 #[cfg(test)]
