@@ -25,14 +25,14 @@ use object_store::{ObjectMeta, ObjectStore};
 use std::sync::Arc;
 
 /// Rows read per file to infer a schema when none is given.
-pub const DEFAULT_INFER_ROWS: usize = 1000;
+pub(crate) const DEFAULT_INFER_ROWS: usize = 1000;
 
 /// How many files' schemas are inferred at once when checking that they agree.
 const SCHEMA_CHECK_CONCURRENCY: usize = 8;
 
 /// A file format Spillway reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TableFormat {
+pub(crate) enum TableFormat {
     Csv,
     Parquet,
     NdJson,
@@ -40,7 +40,7 @@ pub enum TableFormat {
 
 impl TableFormat {
     /// Parse a format name from the config or a flag.
-    pub fn parse(text: &str) -> std::result::Result<TableFormat, String> {
+    pub(crate) fn parse(text: &str) -> std::result::Result<TableFormat, String> {
         match text.trim().to_ascii_lowercase().as_str() {
             "csv" | "tsv" => Ok(TableFormat::Csv),
             "parquet" => Ok(TableFormat::Parquet),
@@ -54,7 +54,7 @@ impl TableFormat {
 
 /// A compression of CSV or NDJSON files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
+pub(crate) enum Compression {
     None,
     Gzip,
     Zstd,
@@ -64,7 +64,7 @@ pub enum Compression {
 
 impl Compression {
     /// Parse a compression name from the config.
-    pub fn parse(text: &str) -> std::result::Result<Compression, String> {
+    pub(crate) fn parse(text: &str) -> std::result::Result<Compression, String> {
         match text.trim().to_ascii_lowercase().as_str() {
             "none" | "uncompressed" => Ok(Compression::None),
             "gzip" | "gz" => Ok(Compression::Gzip),
@@ -113,13 +113,13 @@ fn detect_from_name(name: &str) -> Option<(TableFormat, Compression, bool)> {
 
 /// How to read CSV files.
 #[derive(Debug, Clone)]
-pub struct CsvDialect {
-    pub header: bool,
-    pub delimiter: Option<u8>,
-    pub quote: u8,
-    pub escape: Option<u8>,
+pub(crate) struct CsvDialect {
+    pub(crate) header: bool,
+    pub(crate) delimiter: Option<u8>,
+    pub(crate) quote: u8,
+    pub(crate) escape: Option<u8>,
     /// Values read as NULL.
-    pub null_values: Vec<String>,
+    pub(crate) null_values: Vec<String>,
 }
 
 impl Default for CsvDialect {
@@ -136,23 +136,23 @@ impl Default for CsvDialect {
 
 /// Everything needed to register one table.
 #[derive(Debug, Clone)]
-pub struct TableSpec {
-    pub name: String,
-    pub location: String,
-    pub format: Option<TableFormat>,
-    pub compression: Option<Compression>,
-    pub csv: CsvDialect,
-    pub partition_columns: Vec<String>,
+pub(crate) struct TableSpec {
+    pub(crate) name: String,
+    pub(crate) location: String,
+    pub(crate) format: Option<TableFormat>,
+    pub(crate) compression: Option<Compression>,
+    pub(crate) csv: CsvDialect,
+    pub(crate) partition_columns: Vec<String>,
     /// An explicit schema; `None` infers one from a bounded sample of each file.
-    pub schema: Option<SchemaRef>,
-    pub infer_rows: usize,
+    pub(crate) schema: Option<SchemaRef>,
+    pub(crate) infer_rows: usize,
     /// S3 settings of this table's bucket, over `[storage.s3]`.
-    pub s3: Option<S3Settings>,
+    pub(crate) s3: Option<S3Settings>,
 }
 
 impl TableSpec {
     /// A table at a location with everything else detected.
-    pub fn at(name: &str, location: &str) -> TableSpec {
+    pub(crate) fn at(name: &str, location: &str) -> TableSpec {
         TableSpec {
             name: name.to_string(),
             location: location.to_string(),
@@ -167,7 +167,7 @@ impl TableSpec {
     }
 
     /// Build a spec from `[tables.NAME]`; errors name the key at fault.
-    pub fn from_section(
+    pub(crate) fn from_section(
         name: &str,
         section: &TableSection,
         infer_rows: usize,
@@ -218,23 +218,23 @@ impl TableSpec {
 
 /// What was registered for a table: its resolved files (for progress totals and diagnostics).
 #[derive(Debug, Clone)]
-pub struct RegisteredTable {
-    pub spec: TableSpec,
-    pub resolved: ResolvedLocation,
-    pub format: TableFormat,
-    pub schema: SchemaRef,
+pub(crate) struct RegisteredTable {
+    pub(crate) spec: TableSpec,
+    pub(crate) resolved: ResolvedLocation,
+    pub(crate) format: TableFormat,
+    pub(crate) schema: SchemaRef,
     listing_format: Arc<dyn FileFormat>,
 }
 
 impl RegisteredTable {
     /// Total size of the table's files in bytes.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         storage::total_bytes(&self.resolved.files)
     }
 
     /// A listing table over one of this table's files only: used to find which file holds a
     /// malformed record (DataFusion's CSV errors do not name the file).
-    pub fn single_file_table(&self, file: &ObjectMeta) -> Result<ListingTable> {
+    pub(crate) fn single_file_table(&self, file: &ObjectMeta) -> Result<ListingTable> {
         let url = self.resolved.location.file_url(&file.location)?;
         let options = ListingOptions::new(self.listing_format.clone()).with_file_extension("");
         let config = ListingTableConfig::new(url)
@@ -246,7 +246,7 @@ impl RegisteredTable {
 
 /// Where a table's files are listed from: its location, or for a hive-partitioned table its
 /// root folder. Errors name the table.
-pub fn listing_location(spec: &TableSpec) -> Result<Location> {
+pub(crate) fn listing_location(spec: &TableSpec) -> Result<Location> {
     let in_table = |e: Error| e.context(format!("table `{}`", spec.name));
     let mut location = Location::parse(&spec.location).map_err(in_table)?;
     if !spec.partition_columns.is_empty() {
@@ -262,7 +262,7 @@ pub fn listing_location(spec: &TableSpec) -> Result<Location> {
 }
 
 /// Resolve a table's files, settle its format and schema, and register it in `ctx`.
-pub async fn register(
+pub(crate) async fn register(
     ctx: &SessionContext,
     store: &Arc<dyn ObjectStore>,
     spec: &TableSpec,
@@ -526,7 +526,7 @@ fn escape_regex(text: &str) -> String {
 }
 
 /// The Arrow schema for an explicit column list. Columns are nullable: files may hold NULLs.
-pub fn explicit_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
+pub(crate) fn explicit_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
     let fields: Vec<Field> = columns
         .iter()
         .map(|(name, column_type)| Field::new(name, arrow_type(*column_type), true))

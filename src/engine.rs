@@ -7,22 +7,29 @@
 //! statements and statements into running, streaming plans. It must not know about output
 //! formats: callers pull `RecordBatch`es from [`RunningQuery::stream`].
 
+
+pub(crate) mod aggregate;
+pub(crate) mod csv_scan;
+pub(crate) mod group_keys;
+pub(crate) mod group_topk;
+pub(crate) mod memory;
+pub(crate) mod rewrite;
+
+use memory::{pool_size, spill_merge_fan_in, CappedPool, PeakPool, DEFAULT_MEMORY_FRACTION};
 use crate::catalog::{self, RegisteredTable, TableSpec};
 use crate::config::S3Settings;
-use crate::csv_scan::FastCsvScan;
+use crate::engine::csv_scan::FastCsvScan;
 use crate::error::{Error, Result};
-use crate::group_keys::PACK_INTEGER_KEYS;
-use crate::group_topk::TopKPerGroup;
+use crate::engine::group_keys::PACK_INTEGER_KEYS;
+use crate::engine::group_topk::TopKPerGroup;
 use crate::output::ObjectTarget;
-use crate::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TWO_LEVEL_DISTINCT};
+use crate::engine::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TWO_LEVEL_DISTINCT};
 use crate::storage::{self, Location, StoreCounters};
 use datafusion::common::config::SpillCompression;
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::{
-    FairSpillPool, MemoryConsumer, MemoryLimit, MemoryPool, MemoryReservation, TrackConsumersPool,
-};
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -32,52 +39,30 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use object_store::ObjectStore;
 use std::collections::HashMap;
-use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::sync::Mutex;
 
-/// The default memory limit: this share of the machine's (or cgroup's) memory. The rest is
-/// headroom for what DataFusion does not track (decoding buffers, hash tables' slack, the
-/// allocator's own overhead), which measurements show can rival the tracked part.
-pub const DEFAULT_MEMORY_FRACTION: f64 = 0.5;
-
-/// The share of `--memory-limit` given to DataFusion's memory pool; the rest is headroom for
-/// memory the pool does not see. Measured on H2O q6 (`median` per group, 1e8 rows of CSV): with
-/// the whole 1 GiB as the pool, peak RSS was 2.1 GiB (the aggregation's state is copied when it
-/// is emitted and spilled, outside the pool); with a 600 MiB pool it was 1.2 GiB. Every other
-/// H2O question and claims query stayed under 0.9 GiB either way.
-pub const POOL_SHARE: f64 = 0.6;
-
-/// The memory pool's size for a memory limit.
-pub fn pool_size(memory_limit: u64) -> u64 {
-    (memory_limit as f64 * POOL_SHARE) as u64
-}
-
 /// Rows per batch. DataFusion's default; smaller batches cost throughput, larger ones memory.
-pub const DEFAULT_BATCH_SIZE: usize = 8192;
-
-/// How many memory consumers an exhausted-memory error names.
-const TOP_CONSUMERS: usize = 5;
+pub(crate) const DEFAULT_BATCH_SIZE: usize = 8192;
 
 /// Resolved engine settings (flags > env > config file > defaults, already merged).
 #[derive(Debug, Clone)]
-pub struct EngineOptions {
-    pub memory_limit: u64,
-    pub spill_dir: Option<PathBuf>,
-    pub max_spill: Option<u64>,
-    pub workers: usize,
-    pub batch_size: usize,
-    pub spill_compression: SpillCompression,
+pub(crate) struct EngineOptions {
+    pub(crate) memory_limit: u64,
+    pub(crate) spill_dir: Option<PathBuf>,
+    pub(crate) max_spill: Option<u64>,
+    pub(crate) workers: usize,
+    pub(crate) batch_size: usize,
+    pub(crate) spill_compression: SpillCompression,
     /// `[storage.s3]`: settings of every S3 bucket a table does not configure itself.
-    pub s3: S3Settings,
+    pub(crate) s3: S3Settings,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        let memory = crate::config::available_memory();
+        let memory = crate::process::memory::available_memory();
         Self {
             memory_limit: (memory as f64 * DEFAULT_MEMORY_FRACTION) as u64,
             spill_dir: None,
@@ -92,181 +77,15 @@ impl Default for EngineOptions {
     }
 }
 
-/// The batch size for a memory pool when the user sets none: DataFusion's 8192 rows unless
-/// each partition's share of the pool is small. Sorts merge their spill files a batch per file
-/// at a time in memory that cannot spill, so at 8 MiB per partition 8192-row batches of a wide
-/// table failed where 2048-row batches spilled and finished (100k claims rows, 16 MiB, 2 workers).
-pub fn batch_size_for(pool: u64, workers: usize) -> usize {
-    let per_partition = pool / workers.max(1) as u64;
-    (per_partition / 4096).clamp(1024, DEFAULT_BATCH_SIZE as u64) as usize
-}
-
-/// How many spill files one sort merges at once. DataFusion's default is unbounded, and each
-/// merge reserves a buffer per file for as many files as the pool allows: the first partition
-/// to finish sorting takes the whole pool and the others then fail with "Not enough memory to
-/// continue external sort" (seen at 64 MiB, 2 workers, a 17-column sort). Capping the fan-in
-/// at about 8 MiB of the partition's share per file leaves room for every partition; merges
-/// of more files than that run in several passes.
-pub fn spill_merge_fan_in(pool: u64, workers: usize) -> usize {
-    let per_partition = pool / workers.max(1) as u64;
-    (per_partition / (8 << 20)).clamp(2, 256) as usize
-}
-
 /// All cores this process may use.
-pub fn default_workers() -> usize {
+pub(crate) fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map(NonZeroUsize::get)
         .unwrap_or(1)
 }
 
-/// A memory pool that remembers the most it ever had reserved.
-#[derive(Debug)]
-pub struct PeakPool {
-    inner: TrackConsumersPool<FairSpillPool>,
-    peak: AtomicUsize,
-}
-
-impl PeakPool {
-    fn new(limit: usize) -> Self {
-        let top = NonZeroUsize::new(TOP_CONSUMERS).unwrap_or(NonZeroUsize::MIN);
-        Self {
-            inner: TrackConsumersPool::new(FairSpillPool::new(limit), top),
-            peak: AtomicUsize::new(0),
-        }
-    }
-
-    /// The most memory reserved at once so far, in bytes.
-    pub fn peak(&self) -> usize {
-        self.peak.load(Ordering::Relaxed)
-    }
-
-    /// Forget the high-water mark (between statements).
-    pub fn reset_peak(&self) {
-        self.peak.store(self.inner.reserved(), Ordering::Relaxed);
-    }
-
-    fn note(&self) {
-        self.peak
-            .fetch_max(self.inner.reserved(), Ordering::Relaxed);
-    }
-}
-
-impl fmt::Display for PeakPool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.inner)
-    }
-}
-
-impl MemoryPool for PeakPool {
-    fn name(&self) -> &str {
-        self.inner.name()
-    }
-    fn register(&self, consumer: &MemoryConsumer) {
-        self.inner.register(consumer)
-    }
-    fn unregister(&self, consumer: &MemoryConsumer) {
-        self.inner.unregister(consumer)
-    }
-    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
-        self.inner.grow(reservation, additional);
-        self.note();
-    }
-    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        self.inner.shrink(reservation, shrink)
-    }
-    fn try_grow(
-        &self,
-        reservation: &MemoryReservation,
-        additional: usize,
-    ) -> datafusion::error::Result<()> {
-        self.inner.try_grow(reservation, additional)?;
-        self.note();
-        Ok(())
-    }
-    fn reserved(&self) -> usize {
-        self.inner.reserved()
-    }
-    fn memory_limit(&self) -> MemoryLimit {
-        self.inner.memory_limit()
-    }
-}
-
-/// A share of another pool: one statement may reserve at most `cap` bytes of the shared pool,
-/// so a runaway query on one server connection fails on its own instead of starving the
-/// others. Reservations still go through the shared pool (and its fair spilling).
-#[derive(Debug)]
-pub struct CappedPool {
-    shared: Arc<dyn MemoryPool>,
-    cap: usize,
-    used: AtomicUsize,
-}
-
-impl CappedPool {
-    pub fn new(shared: Arc<dyn MemoryPool>, cap: usize) -> Self {
-        Self {
-            shared,
-            cap,
-            used: AtomicUsize::new(0),
-        }
-    }
-}
-
-impl fmt::Display for CappedPool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CappedPool(cap {} of {})", self.cap, self.shared)
-    }
-}
-
-impl MemoryPool for CappedPool {
-    fn name(&self) -> &str {
-        "CappedPool"
-    }
-    fn register(&self, consumer: &MemoryConsumer) {
-        self.shared.register(consumer)
-    }
-    fn unregister(&self, consumer: &MemoryConsumer) {
-        self.shared.unregister(consumer)
-    }
-    fn grow(&self, reservation: &MemoryReservation, additional: usize) {
-        self.shared.grow(reservation, additional);
-        self.used.fetch_add(additional, Ordering::Relaxed);
-    }
-    fn shrink(&self, reservation: &MemoryReservation, shrink: usize) {
-        self.shared.shrink(reservation, shrink);
-        self.used.fetch_sub(shrink, Ordering::Relaxed);
-    }
-    fn try_grow(
-        &self,
-        reservation: &MemoryReservation,
-        additional: usize,
-    ) -> datafusion::error::Result<()> {
-        let used = self.used.load(Ordering::Relaxed);
-        if used.saturating_add(additional) > self.cap {
-            return Err(datafusion::error::DataFusionError::ResourcesExhausted(
-                format!(
-                    "Failed to allocate additional {} for {}: this statement already holds {} \
-                 of its {} cap ([server] query_memory)",
-                    crate::stats::human_bytes(additional as u64),
-                    reservation.consumer().name(),
-                    crate::stats::human_bytes(used as u64),
-                    crate::stats::human_bytes(self.cap as u64),
-                ),
-            ));
-        }
-        self.shared.try_grow(reservation, additional)?;
-        self.used.fetch_add(additional, Ordering::Relaxed);
-        Ok(())
-    }
-    fn reserved(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
-    }
-    fn memory_limit(&self) -> MemoryLimit {
-        MemoryLimit::Finite(self.cap)
-    }
-}
-
 /// A configured DataFusion session with Spillway's tables registered.
-pub struct Engine {
+pub(crate) struct Engine {
     ctx: SessionContext,
     pool: Arc<PeakPool>,
     counters: Arc<StoreCounters>,
@@ -278,14 +97,14 @@ pub struct Engine {
 }
 
 /// A statement that is executing: its plan (for metrics) and the stream of its results.
-pub struct RunningQuery {
-    pub plan: Arc<dyn ExecutionPlan>,
-    pub stream: SendableRecordBatchStream,
+pub(crate) struct RunningQuery {
+    pub(crate) plan: Arc<dyn ExecutionPlan>,
+    pub(crate) stream: SendableRecordBatchStream,
 }
 
 impl Engine {
     /// Build the session: memory pool, disk manager, parallelism, stores.
-    pub fn new(options: EngineOptions) -> Result<Engine> {
+    pub(crate) fn new(options: EngineOptions) -> Result<Engine> {
         let pool_bytes = pool_size(options.memory_limit);
         let pool = Arc::new(PeakPool::new(
             usize::try_from(pool_bytes).unwrap_or(usize::MAX),
@@ -323,7 +142,7 @@ impl Engine {
             .with_physical_optimizer_rule(Arc::new(FastCsvScan))
             .build();
         let ctx = SessionContext::new_with_state(state);
-        crate::aggregate::register(&ctx);
+        crate::engine::aggregate::register(&ctx);
         Ok(Engine {
             ctx,
             pool,
@@ -336,43 +155,43 @@ impl Engine {
     }
 
     /// The settings this engine was built with.
-    pub fn options(&self) -> &EngineOptions {
+    pub(crate) fn options(&self) -> &EngineOptions {
         &self.options
     }
 
     /// The DataFusion session (for callers that need to plan directly, e.g. the server).
-    pub fn context(&self) -> &SessionContext {
+    pub(crate) fn context(&self) -> &SessionContext {
         &self.ctx
     }
 
     /// The memory pool's size in bytes ([`POOL_SHARE`] of the memory limit).
-    pub fn pool_limit(&self) -> u64 {
+    pub(crate) fn pool_limit(&self) -> u64 {
         pool_size(self.options.memory_limit)
     }
 
     /// The memory pool, for peak usage.
-    pub fn pool(&self) -> &PeakPool {
+    pub(crate) fn pool(&self) -> &PeakPool {
         &self.pool
     }
 
     /// The memory pool, for other holders of memory that must count against the limit (the
     /// server's result cache).
-    pub fn shared_pool(&self) -> Arc<dyn MemoryPool> {
+    pub(crate) fn shared_pool(&self) -> Arc<dyn MemoryPool> {
         self.pool.clone()
     }
 
     /// Request and byte counters of every store.
-    pub fn counters(&self) -> &Arc<StoreCounters> {
+    pub(crate) fn counters(&self) -> &Arc<StoreCounters> {
         &self.counters
     }
 
     /// The tables registered so far.
-    pub fn tables(&self) -> &[RegisteredTable] {
+    pub(crate) fn tables(&self) -> &[RegisteredTable] {
         &self.tables
     }
 
     /// Bytes currently held in spill files.
-    pub fn spill_bytes_on_disk(&self) -> u64 {
+    pub(crate) fn spill_bytes_on_disk(&self) -> u64 {
         self.ctx
             .runtime_env()
             .disk_manager
@@ -380,8 +199,18 @@ impl Engine {
             .current_bytes
     }
 
+    /// The engine every entry point runs on: a session with `options`, and `specs` registered
+    /// as tables (errors name the table).
+    pub(crate) async fn open(options: EngineOptions, specs: &[TableSpec]) -> Result<Engine> {
+        let mut engine = Engine::new(options)?;
+        for spec in specs {
+            engine.register_table(spec).await?;
+        }
+        Ok(engine)
+    }
+
     /// Register a table; errors name the table.
-    pub async fn register_table(&mut self, spec: &TableSpec) -> Result<()> {
+    pub(crate) async fn register_table(&mut self, spec: &TableSpec) -> Result<()> {
         let location = Location::parse(&spec.location)
             .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
         let store = self
@@ -396,7 +225,7 @@ impl Engine {
     /// The store a location lives in, made (and registered with DataFusion) on first use.
     /// `table` settings override `[storage.s3]`; two tables may not configure one bucket
     /// differently, since DataFusion keeps one store per bucket.
-    pub fn store_for(
+    pub(crate) fn store_for(
         &self,
         location: &Location,
         table: Option<&S3Settings>,
@@ -433,7 +262,7 @@ impl Engine {
 
     /// Where an `s3://bucket/key` output goes: the bucket's store (configured by
     /// `[storage.s3]`) and the key.
-    pub fn object_target(&self, url: &str) -> Result<ObjectTarget> {
+    pub(crate) fn object_target(&self, url: &str) -> Result<ObjectTarget> {
         let location = Location::parse(url).map_err(|e| e.context("-o"))?;
         if location.pattern.is_some() || location.is_folder() {
             return Err(Error::Usage(format!(
@@ -448,7 +277,7 @@ impl Engine {
     }
 
     /// Split SQL text into statements (errors carry the line and column).
-    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+    pub(crate) fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
         let statements = DFParser::parse_sql(sql).map_err(Error::from)?;
         if statements.is_empty() {
             return Err(Error::Usage("no SQL statement given".into()));
@@ -457,13 +286,13 @@ impl Engine {
     }
 
     /// Plan one statement.
-    pub async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
+    pub(crate) async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
         Ok(self.ctx.state().statement_to_plan(statement).await?)
     }
 
     /// Bind named parameter values (`$name` placeholders) into a plan: values travel as typed
     /// scalars, never as SQL text, so a value cannot change what the statement does.
-    pub fn bind(plan: LogicalPlan, values: Vec<(String, ScalarValue)>) -> Result<LogicalPlan> {
+    pub(crate) fn bind(plan: LogicalPlan, values: Vec<(String, ScalarValue)>) -> Result<LogicalPlan> {
         let map: HashMap<String, ScalarAndMetadata> = values
             .into_iter()
             .map(|(name, value)| (name, value.into()))
@@ -472,7 +301,7 @@ impl Engine {
     }
 
     /// The `$name` placeholders a planned statement uses, without the `$`.
-    pub fn placeholders(plan: &LogicalPlan) -> Result<Vec<String>> {
+    pub(crate) fn placeholders(plan: &LogicalPlan) -> Result<Vec<String>> {
         let mut names: Vec<String> = plan
             .get_parameter_names()?
             .into_iter()
@@ -483,12 +312,12 @@ impl Engine {
     }
 
     /// Whether a planned statement returns rows (a query) rather than changing the session.
-    pub fn returns_rows(plan: &LogicalPlan) -> bool {
+    pub(crate) fn returns_rows(plan: &LogicalPlan) -> bool {
         !matches!(plan, LogicalPlan::Statement(_) | LogicalPlan::Ddl(_))
     }
 
     /// Start executing a planned statement; results stream out of the returned query.
-    pub async fn execute(&self, plan: LogicalPlan) -> Result<RunningQuery> {
+    pub(crate) async fn execute(&self, plan: LogicalPlan) -> Result<RunningQuery> {
         self.pool.reset_peak();
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let physical = frame.create_physical_plan().await?;
@@ -501,7 +330,7 @@ impl Engine {
 
     /// Wait (up to two seconds) until the pool holds nothing: a failed plan's tasks are
     /// cancelled asynchronously and keep their reservations until they have stopped.
-    pub async fn wait_for_released_memory(&self) {
+    pub(crate) async fn wait_for_released_memory(&self) {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
         while self.pool.reserved() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -513,7 +342,7 @@ impl Engine {
     /// most `memory_cap` bytes of the pool. DataFusion's listing cache is off here: the server
     /// re-lists a table's files before each query (see `serve`), and a cached listing would
     /// hand a changed file's old size to the reader.
-    pub fn session_with_memory_cap(&self, memory_cap: usize) -> Result<SessionContext> {
+    pub(crate) fn session_with_memory_cap(&self, memory_cap: usize) -> Result<SessionContext> {
         let base = self.ctx.runtime_env();
         let mut cache = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
             .with_list_files_cache_limit(0);
@@ -540,7 +369,7 @@ impl Engine {
     /// spilling: sort-merge joins instead of hash joins (whose build side cannot spill), full
     /// sorts instead of top-k heaps, no top-k aggregation or top k per group, and half-size
     /// batches.
-    pub async fn execute_conservatively(&self, plan: LogicalPlan) -> Result<RunningQuery> {
+    pub(crate) async fn execute_conservatively(&self, plan: LogicalPlan) -> Result<RunningQuery> {
         self.pool.reset_peak();
         // From the session's current settings, so a script's own `SET`s still hold.
         let mut config = self.ctx.state().config().clone();
@@ -584,7 +413,7 @@ impl Engine {
     /// After a bad-data failure, find the first file that fails to read on its own, and
     /// return the error naming it. Each file is read whole in one partition, so the record
     /// numbers in the message count from the start of that file. `None` if every file reads.
-    pub async fn find_bad_file(&self) -> Option<Error> {
+    pub(crate) async fn find_bad_file(&self) -> Option<Error> {
         let mut config = session_config(&self.options).with_target_partitions(1);
         config.options_mut().optimizer.repartition_file_scans = false;
         let probe = SessionContext::new_with_config_rt(config, self.ctx.runtime_env());
@@ -634,7 +463,7 @@ fn session_config(options: &EngineOptions) -> SessionConfig {
 }
 
 /// Parse a spill compression name.
-pub fn parse_spill_compression(text: &str) -> std::result::Result<SpillCompression, String> {
+pub(crate) fn parse_spill_compression(text: &str) -> std::result::Result<SpillCompression, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "zstd" => Ok(SpillCompression::Zstd),
         "lz4" | "lz4_frame" => Ok(SpillCompression::Lz4Frame),
@@ -642,25 +471,5 @@ pub fn parse_spill_compression(text: &str) -> std::result::Result<SpillCompressi
         other => Err(format!(
             "unknown spill compression `{other}` (expected zstd, lz4_frame or uncompressed)"
         )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_shrink_only_when_each_partition_has_little_memory() {
-        assert_eq!(batch_size_for(12 << 30, 2), DEFAULT_BATCH_SIZE);
-        assert_eq!(batch_size_for(16 << 20, 2), 2048);
-        assert_eq!(batch_size_for(1 << 20, 4), 1024);
-    }
-
-    #[test]
-    fn spill_merges_fan_in_by_the_partition_share_of_memory() {
-        assert_eq!(spill_merge_fan_in(64 << 20, 2), 4);
-        assert_eq!(spill_merge_fan_in(8 << 20, 2), 2);
-        assert_eq!(spill_merge_fan_in(1 << 30, 2), 64);
-        assert_eq!(spill_merge_fan_in(64 << 30, 1), 256);
     }
 }

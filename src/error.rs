@@ -10,29 +10,29 @@ use datafusion::error::DataFusionError;
 use std::fmt;
 
 /// Exit codes: part of Spillway's interface, documented in `--help` and the README.
-pub mod exit_code {
+pub(crate) mod exit_code {
     /// A bug or an unexpected failure inside Spillway.
-    pub const INTERNAL: u8 = 1;
+    pub(crate) const INTERNAL: u8 = 1;
     /// Bad command-line usage: unknown flag, bad flag value (clap uses 2 as well).
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// The config file (or a `SPILLWAY_*` variable) has an unknown key or a bad value.
-    pub const CONFIG: u8 = 3;
+    pub(crate) const CONFIG: u8 = 3;
     /// The SQL is wrong: syntax error, unknown table, unknown column, type error.
-    pub const QUERY: u8 = 4;
+    pub(crate) const QUERY: u8 = 4;
     /// The input data is wrong: no file matches, unreadable file, malformed record, schemas disagree.
-    pub const INPUT: u8 = 5;
+    pub(crate) const INPUT: u8 = 5;
     /// The output cannot be written.
-    pub const OUTPUT: u8 = 6;
+    pub(crate) const OUTPUT: u8 = 6;
     /// The memory limit or the spill cap was too small for the query.
-    pub const RESOURCES: u8 = 7;
+    pub(crate) const RESOURCES: u8 = 7;
     /// An object store or the network failed.
-    pub const STORAGE: u8 = 8;
+    pub(crate) const STORAGE: u8 = 8;
     /// Cancelled by Ctrl-C or SIGTERM.
-    pub const INTERRUPTED: u8 = 130;
+    pub(crate) const INTERRUPTED: u8 = 130;
 }
 
 /// The help text that lists the exit codes (shown in `--help`).
-pub const EXIT_CODES_HELP: &str = "\
+pub(crate) const EXIT_CODES_HELP: &str = "\
 Exit codes:
   0    success
   1    internal error
@@ -47,7 +47,7 @@ Exit codes:
 
 /// A failure, classified by who can fix it.
 #[derive(Debug)]
-pub enum Error {
+pub(crate) enum Error {
     Usage(String),
     Config(String),
     Query(String),
@@ -60,11 +60,11 @@ pub enum Error {
 }
 
 /// Spillway's result type.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// The process exit code for this error.
-    pub fn exit_code(&self) -> u8 {
+    pub(crate) fn exit_code(&self) -> u8 {
         match self {
             Error::Usage(_) => exit_code::USAGE,
             Error::Config(_) => exit_code::CONFIG,
@@ -80,12 +80,12 @@ impl Error {
 
     /// Whether this error means the data (not the SQL or the machine) is at fault, so that it is
     /// worth finding which file holds the bad record.
-    pub fn is_input(&self) -> bool {
+    pub(crate) fn is_input(&self) -> bool {
         matches!(self, Error::Input(_))
     }
 
     /// Prefix the message with where it happened (a table, a file, a statement).
-    pub fn context(self, context: impl fmt::Display) -> Error {
+    pub(crate) fn context(self, context: impl fmt::Display) -> Error {
         let wrap = |message: String| format!("{context}: {message}");
         match self {
             Error::Usage(m) => Error::Usage(wrap(m)),
@@ -218,7 +218,7 @@ impl Error {
 
 /// Error messages are printed on one line: fold DataFusion's multi-line texts and drop the
 /// noise it adds around the root cause.
-pub fn one_line(text: &str) -> String {
+pub(crate) fn one_line(text: &str) -> String {
     let folded = text
         .lines()
         .map(str::trim)

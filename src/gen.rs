@@ -55,7 +55,7 @@ use datafusion::parquet::schema::types::ColumnPath;
 
 /// File format of generated data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GenFormat {
+pub(crate) enum GenFormat {
     /// CSV with a header row; dates as `YYYY-MM-DD`, decimals with exactly their scale digits.
     Csv,
     /// Parquet with snappy compression and row groups of about 512k rows.
@@ -64,7 +64,7 @@ pub enum GenFormat {
 
 impl GenFormat {
     /// File name extension (without the dot) of files in this format.
-    pub fn extension(self) -> &'static str {
+    pub(crate) fn extension(self) -> &'static str {
         match self {
             GenFormat::Csv => "csv",
             GenFormat::Parquet => "parquet",
@@ -74,58 +74,58 @@ impl GenFormat {
 
 /// What `spillway gen claims` writes: the synthetic pharmacy-claims table.
 #[derive(Debug, Clone)]
-pub struct ClaimsOptions {
+pub(crate) struct ClaimsOptions {
     /// Number of claims (rows); claim ids are `1..=rows`.
-    pub rows: u64,
+    pub(crate) rows: u64,
     /// Number of files the rows are split into (contiguous claim-id ranges).
-    pub files: usize,
+    pub(crate) files: usize,
     /// Output file format.
-    pub format: GenFormat,
+    pub(crate) format: GenFormat,
     /// Output directory, created if missing.
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Seed: the same seed gives byte-identical files.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// First possible fill date.
-    pub start: NaiveDate,
+    pub(crate) start: NaiveDate,
     /// Number of days fill dates are spread over (`start .. start + days`).
-    pub days: u32,
+    pub(crate) days: u32,
     /// Number of worker threads (files are written in parallel).
-    pub threads: usize,
+    pub(crate) threads: usize,
 }
 
 /// What `spillway gen h2o` writes: the db-benchmark group-by table (`id1..id6`, `v1..v3`).
 #[derive(Debug, Clone)]
-pub struct H2oOptions {
+pub(crate) struct H2oOptions {
     /// Number of rows (N).
-    pub rows: u64,
+    pub(crate) rows: u64,
     /// Number of groups (K): `id1`, `id2`, `id4`, `id5` take K values; `id3`, `id6` take N/K.
-    pub groups: u64,
+    pub(crate) groups: u64,
     /// Number of files the rows are split into.
-    pub files: usize,
+    pub(crate) files: usize,
     /// Output file format.
-    pub format: GenFormat,
+    pub(crate) format: GenFormat,
     /// Output directory, created if missing.
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// Seed: the same seed gives byte-identical files.
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Number of worker threads (files are written in parallel).
-    pub threads: usize,
+    pub(crate) threads: usize,
 }
 
 /// What a generator run wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GenSummary {
+pub(crate) struct GenSummary {
     /// Total number of rows written.
-    pub rows: u64,
+    pub(crate) rows: u64,
     /// Final paths of the files written, in row order.
-    pub files: Vec<PathBuf>,
+    pub(crate) files: Vec<PathBuf>,
     /// Total size of the files written, in bytes.
-    pub bytes: u64,
+    pub(crate) bytes: u64,
 }
 
 /// Why a generator run failed. Every variant names the option or the file involved.
 #[derive(Debug, thiserror::Error)]
-pub enum GenError {
+pub(crate) enum GenError {
     /// An option is out of range; `option` is the CLI flag name without the dashes.
     #[error("invalid --{option}: {reason}")]
     InvalidOption {
@@ -169,7 +169,7 @@ pub enum GenError {
 }
 
 /// Arrow schema of the claims table; column names and types are part of the interface.
-pub fn claims_schema() -> SchemaRef {
+pub(crate) fn claims_schema() -> SchemaRef {
     let string = |name: &str| Field::new(name, DataType::Utf8, false);
     let decimal = |name: &str, precision: u8, scale: i8| {
         Field::new(name, DataType::Decimal128(precision, scale), false)
@@ -196,7 +196,7 @@ pub fn claims_schema() -> SchemaRef {
 }
 
 /// Arrow schema of the H2O db-benchmark group-by table.
-pub fn h2o_schema() -> SchemaRef {
+pub(crate) fn h2o_schema() -> SchemaRef {
     let string = |name: &str| Field::new(name, DataType::Utf8, false);
     let int = |name: &str| Field::new(name, DataType::Int32, false);
     Arc::new(Schema::new(vec![
@@ -216,7 +216,7 @@ pub fn h2o_schema() -> SchemaRef {
 ///
 /// `progress` is called from worker threads with the number of rows just written (for a progress
 /// bar); it must be `Sync`.
-pub fn generate_claims(
+pub(crate) fn generate_claims(
     opts: &ClaimsOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<GenSummary, GenError> {
@@ -237,7 +237,7 @@ pub fn generate_claims(
 ///
 /// `progress` is called from worker threads with the number of rows just written (for a progress
 /// bar); it must be `Sync`.
-pub fn generate_h2o(
+pub(crate) fn generate_h2o(
     opts: &H2oOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> Result<GenSummary, GenError> {

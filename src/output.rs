@@ -30,11 +30,11 @@ const CHANNEL_DEPTH: usize = 2;
 const PARQUET_ROW_GROUP_ROWS: usize = 128 * 1024;
 
 /// Rows the table format shows by default.
-pub const DEFAULT_TABLE_ROWS: usize = 40;
+pub(crate) const DEFAULT_TABLE_ROWS: usize = 40;
 
 /// A result format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     Table,
     Csv,
     Tsv,
@@ -46,7 +46,7 @@ pub enum OutputFormat {
 
 impl OutputFormat {
     /// Parse a `--format` value.
-    pub fn parse(text: &str) -> std::result::Result<OutputFormat, String> {
+    pub(crate) fn parse(text: &str) -> std::result::Result<OutputFormat, String> {
         let name = text.trim().to_ascii_lowercase();
         match name.as_str() {
             "table" => Ok(OutputFormat::Table),
@@ -57,7 +57,7 @@ impl OutputFormat {
     }
 
     /// The format a file name's extension asks for (`.txt` holds the human table).
-    pub fn from_path(path: &Path) -> Option<OutputFormat> {
+    pub(crate) fn from_path(path: &Path) -> Option<OutputFormat> {
         let extension = path.extension()?.to_str()?.to_ascii_lowercase();
         match extension.as_str() {
             "txt" => Some(OutputFormat::Table),
@@ -80,7 +80,7 @@ impl OutputFormat {
 
     /// The format to use when none was asked for: a table for a person at a terminal, CSV for
     /// a pipe or file.
-    pub fn default_for_stdout() -> OutputFormat {
+    pub(crate) fn default_for_stdout() -> OutputFormat {
         if io::stdout().is_terminal() {
             OutputFormat::Table
         } else {
@@ -91,7 +91,7 @@ impl OutputFormat {
 
 /// Where results go.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Destination {
+pub(crate) enum Destination {
     Stdout,
     File(PathBuf),
     /// An object URL such as `s3://bucket/key.parquet`.
@@ -99,35 +99,35 @@ pub enum Destination {
 }
 
 /// The store and key an `Object` destination resolves to (the engine knows the stores).
-pub struct ObjectTarget {
-    pub store: Arc<dyn ObjectStore>,
-    pub path: StorePath,
+pub(crate) struct ObjectTarget {
+    pub(crate) store: Arc<dyn ObjectStore>,
+    pub(crate) path: StorePath,
 }
 
 /// What to write and where.
 #[derive(Debug, Clone)]
-pub struct OutputSpec {
-    pub format: OutputFormat,
-    pub destination: Destination,
+pub(crate) struct OutputSpec {
+    pub(crate) format: OutputFormat,
+    pub(crate) destination: Destination,
     /// Rows the table format shows; 0 shows all.
-    pub max_table_rows: usize,
+    pub(crate) max_table_rows: usize,
     /// The output is recorded in a report manifest: its SHA-256 is computed, and a file is
     /// synced to disk before it is renamed into place, so a manifest never names bytes that a
     /// power loss could still take. Off for ad-hoc query outputs, which still appear only
     /// complete (temporary name, then rename): hashing and syncing H2O q10's 760 MB of Arrow
     /// cost 0.9 s of a 3 s query.
-    pub manifest: bool,
+    pub(crate) manifest: bool,
 }
 
 /// What a finished sink wrote.
 #[derive(Debug, Clone, Default)]
-pub struct OutputSummary {
-    pub rows: u64,
-    pub bytes: u64,
+pub(crate) struct OutputSummary {
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
     /// The reader went away (a closed pipe): writing stopped early, which is not an error.
-    pub reader_gone: bool,
+    pub(crate) reader_gone: bool,
     /// SHA-256 of the bytes written, in hex; empty unless [`OutputSpec::manifest`] asked for it.
-    pub sha256: String,
+    pub(crate) sha256: String,
 }
 
 enum Message {
@@ -136,7 +136,7 @@ enum Message {
 }
 
 /// A writer thread fed with batches. Dropped without [`Sink::finish`], it discards its output.
-pub struct Sink {
+pub(crate) struct Sink {
     sender: Option<mpsc::Sender<Message>>,
     worker: Option<std::thread::JoinHandle<Result<OutputSummary>>>,
 }
@@ -144,7 +144,7 @@ pub struct Sink {
 impl Sink {
     /// Open the destination now (so an unwritable path fails before the query runs) and start
     /// the writer thread.
-    pub async fn open(
+    pub(crate) async fn open(
         spec: &OutputSpec,
         schema: SchemaRef,
         object: Option<ObjectTarget>,
@@ -172,7 +172,7 @@ impl Sink {
 
     /// Hand a batch to the writer. Returns `Ok(false)` when the writer has stopped taking
     /// batches (its reader went away, or it failed: [`Sink::finish`] tells which).
-    pub async fn write(&mut self, batch: RecordBatch) -> Result<bool> {
+    pub(crate) async fn write(&mut self, batch: RecordBatch) -> Result<bool> {
         let Some(sender) = &self.sender else {
             return Ok(false);
         };
@@ -180,7 +180,7 @@ impl Sink {
     }
 
     /// Finish writing, publish the output, and report what was written.
-    pub async fn finish(mut self) -> Result<OutputSummary> {
+    pub(crate) async fn finish(mut self) -> Result<OutputSummary> {
         if let Some(sender) = self.sender.take() {
             // A closed channel means the writer already stopped; its result says why.
             let _ = sender.send(Message::Finish).await;
@@ -270,7 +270,7 @@ enum Target {
     File {
         temp: BufWriter<tempfile::NamedTempFile>,
         /// Deletes the temporary file if the process must exit on refused memory.
-        _registered: crate::allocator::TemporaryGuard,
+        _registered: crate::process::allocator::TemporaryGuard,
         path: PathBuf,
     },
     Object(ObjectUpload),
@@ -394,7 +394,7 @@ impl Target {
                     .tempfile_in(folder)
                     .map_err(|e| cannot(&e))?;
                 Ok(Target::File {
-                    _registered: crate::allocator::remove_on_exhaustion(temp.path()),
+                    _registered: crate::process::allocator::remove_on_exhaustion(temp.path()),
                     temp: BufWriter::with_capacity(1 << 20, temp),
                     path: path.clone(),
                 })
@@ -578,7 +578,7 @@ impl FormatWriter {
 }
 
 /// Lower-case hex of a digest.
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 

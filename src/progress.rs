@@ -4,7 +4,8 @@
 //! stores, rows scanned and spilled bytes from the plan's metrics) a few times a second, so the
 //! query's hot path does no progress work at all.
 
-use crate::stats::{human_bytes, PlanTotals};
+use crate::stats::PlanTotals;
+use crate::units::human_bytes;
 use crate::storage::StoreCounters;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::ExecutionPlan;
@@ -16,12 +17,12 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(200);
 
 /// Whether progress should be drawn: stderr is a terminal and not `--quiet`.
-pub fn wanted(quiet: bool) -> bool {
+pub(crate) fn wanted(quiet: bool) -> bool {
     !quiet && std::io::stderr().is_terminal()
 }
 
 /// A bar for a long piece of work counted in `unit`s ("rows", "bytes").
-pub fn bar(enabled: bool, total: u64, unit: &str) -> ProgressBar {
+pub(crate) fn bar(enabled: bool, total: u64, unit: &str) -> ProgressBar {
     if !enabled {
         return ProgressBar::hidden();
     }
@@ -37,14 +38,14 @@ pub fn bar(enabled: bool, total: u64, unit: &str) -> ProgressBar {
 }
 
 /// The progress of one running query; drop or [`QueryProgress::finish`] clears it.
-pub struct QueryProgress {
+pub(crate) struct QueryProgress {
     bar: ProgressBar,
     ticker: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl QueryProgress {
     /// Start drawing (or do nothing when `enabled` is false).
-    pub fn start(
+    pub(crate) fn start(
         enabled: bool,
         total_bytes: u64,
         counters: Arc<StoreCounters>,
@@ -88,7 +89,7 @@ impl QueryProgress {
     }
 
     /// Stop and erase the bar.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.stop();
     }
 

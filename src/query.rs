@@ -20,23 +20,23 @@ use std::time::Instant;
 
 /// How to run a script.
 #[derive(Debug, Clone)]
-pub struct RunOptions {
-    pub output: OutputSpec,
+pub(crate) struct RunOptions {
+    pub(crate) output: OutputSpec,
     /// Print [`QueryStats`] to stderr after each statement that returns rows.
-    pub stats: bool,
+    pub(crate) stats: bool,
     /// Draw a progress bar on stderr.
-    pub progress: bool,
+    pub(crate) progress: bool,
 }
 
 /// What one row-returning statement did.
 #[derive(Debug, Clone)]
-pub struct StatementOutcome {
-    pub output: OutputSummary,
-    pub stats: QueryStats,
+pub(crate) struct StatementOutcome {
+    pub(crate) output: OutputSummary,
+    pub(crate) stats: QueryStats,
 }
 
 /// Run every statement of `sql` in order; returns the outcomes of those that return rows.
-pub async fn run_script(
+pub(crate) async fn run_script(
     engine: &Engine,
     sql: &str,
     options: &RunOptions,
@@ -81,7 +81,7 @@ fn is_query(statement: &Statement) -> bool {
 }
 
 /// Execute a statement that returns nothing worth printing (SET, CREATE VIEW, ...).
-pub async fn drain(engine: &Engine, plan: LogicalPlan) -> Result<()> {
+pub(crate) async fn drain(engine: &Engine, plan: LogicalPlan) -> Result<()> {
     let mut running = engine.execute(plan).await?;
     while let Some(batch) = running.stream.next().await {
         batch?;
@@ -92,7 +92,7 @@ pub async fn drain(engine: &Engine, plan: LogicalPlan) -> Result<()> {
 /// Execute one query and stream its rows into the output. If it runs out of memory before a
 /// single row went out, it runs once more with a plan that spills where the first could not
 /// (see [`Engine::execute_conservatively`]); the warning says so once.
-pub async fn run_statement(
+pub(crate) async fn run_statement(
     engine: &Engine,
     plan: LogicalPlan,
     options: &RunOptions,
@@ -108,7 +108,7 @@ pub async fn run_statement(
     let mut sink = Sink::open(&options.output, schema, object).await?;
     let bytes_before = engine.counters().bytes();
     let requests_before = engine.counters().requests();
-    let done = match attempt(engine, plan.clone(), &mut sink, options, Plan::Fast).await {
+    let done = match attempt(engine, plan.clone(), &mut sink, options, ExecutionMode::Fast).await {
         Err(Failure::BeforeOutput(Error::ResourcesExhausted(message))) => {
             tracing::warn!(
                 "the memory limit was reached ({}); running the query again with a plan that \
@@ -117,7 +117,7 @@ pub async fn run_statement(
             );
             // The failed plan's tasks stop asynchronously; let them hand their memory back.
             engine.wait_for_released_memory().await;
-            attempt(engine, plan, &mut sink, options, Plan::Conservative).await
+            attempt(engine, plan, &mut sink, options, ExecutionMode::Conservative).await
         }
         other => other,
     };
@@ -138,9 +138,10 @@ pub async fn run_statement(
     Ok(StatementOutcome { output, stats })
 }
 
-/// Which plan an attempt runs.
+/// How an attempt executes the plan: as planned, or with the conservative settings retried
+/// after the fast way ran out of memory before any output.
 #[derive(Clone, Copy, PartialEq)]
-enum Plan {
+enum ExecutionMode {
     Fast,
     Conservative,
 }
@@ -171,11 +172,11 @@ async fn attempt(
     plan: LogicalPlan,
     sink: &mut Sink,
     options: &RunOptions,
-    which: Plan,
+    which: ExecutionMode,
 ) -> std::result::Result<Attempted, Failure> {
     let running = match which {
-        Plan::Fast => engine.execute(plan).await,
-        Plan::Conservative => engine.execute_conservatively(plan).await,
+        ExecutionMode::Fast => engine.execute(plan).await,
+        ExecutionMode::Conservative => engine.execute_conservatively(plan).await,
     };
     let mut running = running.map_err(Failure::BeforeOutput)?;
     let (files, bytes_in_files) = stats::scanned_files(&running.plan);
@@ -234,7 +235,7 @@ async fn explain_failure(engine: &Engine, error: Error) -> Error {
 
 /// Print the plan of the script's last statement (earlier ones, such as `SET`, are run first).
 /// With `analyze` the query runs and every operator shows its metrics, spilling included.
-pub async fn explain(engine: &Engine, sql: &str, analyze: bool) -> Result<()> {
+pub(crate) async fn explain(engine: &Engine, sql: &str, analyze: bool) -> Result<()> {
     let mut statements = engine.parse(sql)?;
     let last = statements
         .pop()

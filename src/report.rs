@@ -28,7 +28,11 @@
 //! placeholder value). The SQL text is never edited or spliced with values here: a value like
 //! `'; DROP TABLE x; --` stays a value.
 
+
+pub(crate) mod run;
+
 use crate::schedule::CronSchedule;
+use crate::units::parse_duration;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::ScalarValue;
@@ -49,46 +53,46 @@ use toml::Spanned;
 
 /// One saved report: its header, parsed and checked, and its SQL.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ReportDefinition {
+pub(crate) struct ReportDefinition {
     /// Unique within a folder; letters, digits, `_` and `-` only (it is used in paths).
-    pub name: String,
-    pub description: Option<String>,
+    pub(crate) name: String,
+    pub(crate) description: Option<String>,
     /// The `.sql` file it came from.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// The text after the header comment.
-    pub sql: String,
+    pub(crate) sql: String,
     /// The 1-based line of the file on which `sql` starts, to translate SQL error positions.
-    pub sql_line: usize,
+    pub(crate) sql_line: usize,
     /// In the order the header declares them.
-    pub params: Vec<ParamSpec>,
+    pub(crate) params: Vec<ParamSpec>,
     /// The output path template (see [`ReportDefinition::render_output`]).
-    pub output: Option<String>,
+    pub(crate) output: Option<String>,
     /// The format written in the header, or else the one the output template's extension names;
     /// `None` when neither says (callers then use [`ReportDefinition::effective_format`]).
-    pub format: Option<ReportFormat>,
-    pub schedule: Option<ScheduleSpec>,
+    pub(crate) format: Option<ReportFormat>,
+    pub(crate) schedule: Option<ScheduleSpec>,
     /// How many times a failed scheduled run is tried again.
-    pub retries: u32,
-    pub timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// One declared parameter.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ParamSpec {
+pub(crate) struct ParamSpec {
     /// A valid placeholder name: the SQL refers to it as `$name`.
-    pub name: String,
-    pub kind: ParamKind,
+    pub(crate) name: String,
+    pub(crate) kind: ParamKind,
     /// `None` means the parameter is required.
-    pub default: Option<ParamValue>,
+    pub(crate) default: Option<ParamValue>,
     /// When not empty, the only values accepted. For a `list`, each element must be one of
     /// these (they are held as [`ParamValue::String`]).
-    pub allowed: Vec<ParamValue>,
-    pub description: Option<String>,
+    pub(crate) allowed: Vec<ParamValue>,
+    pub(crate) description: Option<String>,
 }
 
 /// The type of a parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ParamKind {
+pub(crate) enum ParamKind {
     Date,
     Int,
     Float,
@@ -99,7 +103,7 @@ pub enum ParamKind {
 
 /// A bound parameter value.
 #[derive(Clone, Debug, PartialEq)]
-pub enum ParamValue {
+pub(crate) enum ParamValue {
     Date(NaiveDate),
     Int(i64),
     Float(f64),
@@ -109,7 +113,7 @@ pub enum ParamValue {
 
 /// What a report writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ReportFormat {
+pub(crate) enum ReportFormat {
     Csv,
     Parquet,
     Json,
@@ -117,16 +121,16 @@ pub enum ReportFormat {
 
 /// `schedule = { cron = "...", timezone = "..." }`, already checked to parse.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScheduleSpec {
+pub(crate) struct ScheduleSpec {
     /// Five-field POSIX cron (or six with seconds, or `@daily` and friends).
-    pub cron: String,
+    pub(crate) cron: String,
     /// An IANA zone name; `UTC` when the header gives none.
-    pub timezone: String,
+    pub(crate) timezone: String,
 }
 
 /// Everything that can go wrong with reports and their history.
 #[derive(Debug, thiserror::Error)]
-pub enum ReportError {
+pub(crate) enum ReportError {
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -233,7 +237,7 @@ impl fmt::Display for ParamKind {
 impl ParamValue {
     /// The DataFusion value the engine binds to the `$name` placeholder: `Date32`, `Int64`,
     /// `Float64`, `Utf8`, or a `List` of `Utf8` (so `array_has($states, col)` works).
-    pub fn to_scalar(&self) -> ScalarValue {
+    pub(crate) fn to_scalar(&self) -> ScalarValue {
         match self {
             // NaiveDate's default is 1970-01-01, the Date32 epoch. Every NaiveDate is within
             // ±262,143 years, so the day count always fits an i32.
@@ -295,13 +299,13 @@ impl ReportFormat {
     }
 
     /// The format a path's extension names, if it names one.
-    pub fn from_path(path: &str) -> Option<ReportFormat> {
+    pub(crate) fn from_path(path: &str) -> Option<ReportFormat> {
         let file_name = path.rsplit('/').next().unwrap_or(path);
         let (_, extension) = file_name.rsplit_once('.')?;
         ReportFormat::parse(extension)
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             ReportFormat::Csv => "csv",
             ReportFormat::Parquet => "parquet",
@@ -314,42 +318,6 @@ impl fmt::Display for ReportFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
-}
-
-/// Parse a duration such as `90s`, `30m`, `2h` or `1h30m`. Zero is refused: a zero timeout or
-/// delay is always a mistake.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let expected =
-        || format!("`{text}` is not a duration like \"90s\", \"30m\", \"2h\" or \"1h30m\"");
-    let mut total: u64 = 0;
-    let mut digits = String::new();
-    let mut saw_unit = false;
-    for ch in text.trim().chars() {
-        if ch.is_ascii_digit() {
-            digits.push(ch);
-            continue;
-        }
-        let unit: u64 = match ch {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            _ => return Err(expected()),
-        };
-        let amount: u64 = digits.parse().map_err(|_| expected())?;
-        total = amount
-            .checked_mul(unit)
-            .and_then(|seconds| total.checked_add(seconds))
-            .ok_or_else(expected)?;
-        digits.clear();
-        saw_unit = true;
-    }
-    if !digits.is_empty() || !saw_unit {
-        return Err(expected());
-    }
-    if total == 0 {
-        return Err(format!("`{text}` is zero; give a positive duration"));
-    }
-    Ok(Duration::from_secs(total))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -495,7 +463,7 @@ fn find_header(text: &str) -> Result<Option<HeaderLayout>, (usize, String)> {
 }
 
 /// Parse a `.sql` file's text. `Ok(None)` when it has no report header (a plain query).
-pub fn parse_report(path: &Path, text: &str) -> Result<Option<ReportDefinition>, ReportError> {
+pub(crate) fn parse_report(path: &Path, text: &str) -> Result<Option<ReportDefinition>, ReportError> {
     let layout = match find_header(text) {
         Ok(Some(layout)) => layout,
         Ok(None) => return Ok(None),
@@ -838,7 +806,7 @@ fn check_allowed(value: &ParamValue, allowed: &[ParamValue]) -> Result<(), Strin
 
 /// Every report in a folder: each `*.sql` file (not in subfolders) that has a header, sorted by
 /// name. Two files with one report name are an error naming both.
-pub fn load_reports(folder: &Path) -> Result<Vec<ReportDefinition>, ReportError> {
+pub(crate) fn load_reports(folder: &Path) -> Result<Vec<ReportDefinition>, ReportError> {
     let io_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| ReportError::Io { path, source }
@@ -873,7 +841,7 @@ pub fn load_reports(folder: &Path) -> Result<Vec<ReportDefinition>, ReportError>
 }
 
 /// The report called `name`, or an error listing the known ones.
-pub fn find_report<'a>(
+pub(crate) fn find_report<'a>(
     reports: &'a [ReportDefinition],
     name: &str,
 ) -> Result<&'a ReportDefinition, ReportError> {
@@ -895,7 +863,7 @@ impl ReportDefinition {
     /// (raw text; lists comma-separated); defaults fill the rest. Unknown names, a name given
     /// twice, missing required params, unparsable values and values not in `allowed` are errors
     /// naming the report and the param.
-    pub fn bind(
+    pub(crate) fn bind(
         &self,
         given: &[(String, String)],
     ) -> Result<Vec<(String, ParamValue)>, ReportError> {
@@ -953,7 +921,7 @@ impl ReportDefinition {
     /// time's date in the schedule's zone, or the run's date) and `{run_id}`; `{{` and `}}` are
     /// literal braces. Values are made safe as path pieces: `/`, `\` and control characters
     /// become `_`, and so does `..`, so a value can never climb out of the template's folder.
-    pub fn render_output(
+    pub(crate) fn render_output(
         &self,
         values: &[(String, ParamValue)],
         scheduled_date: NaiveDate,
@@ -998,13 +966,13 @@ impl ReportDefinition {
     }
 
     /// The format to write: the header's (or the output extension's), else CSV.
-    pub fn effective_format(&self) -> ReportFormat {
+    pub(crate) fn effective_format(&self) -> ReportFormat {
         self.format.unwrap_or(ReportFormat::Csv)
     }
 
     /// The scheduler's job for this report, if it has a schedule: its cron in its zone, its
     /// retries (with the default backoff) and its timeout. Building the job schedules nothing.
-    pub fn job(&self) -> Result<Option<crate::schedule::Job>, crate::schedule::ScheduleError> {
+    pub(crate) fn job(&self) -> Result<Option<crate::schedule::Job>, crate::schedule::ScheduleError> {
         let Some(spec) = &self.schedule else {
             return Ok(None);
         };
@@ -1100,7 +1068,7 @@ fn sanitise_path_piece(value: &str) -> String {
 
 /// The state of one run in the history.
 #[derive(Debug, Clone, PartialEq)]
-pub enum RunStatus {
+pub(crate) enum RunStatus {
     Running,
     Succeeded,
     Failed,
@@ -1111,7 +1079,7 @@ pub enum RunStatus {
 }
 
 impl RunStatus {
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             RunStatus::Running => "running",
             RunStatus::Succeeded => "succeeded",
@@ -1144,29 +1112,29 @@ impl FromStr for RunStatus {
 
 /// One row of the history.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RunRecord {
-    pub id: i64,
-    pub report: String,
+pub(crate) struct RunRecord {
+    pub(crate) id: i64,
+    pub(crate) report: String,
     /// `None` for a run started by hand.
-    pub scheduled_for: Option<DateTime<Utc>>,
-    pub started: DateTime<Utc>,
-    pub finished: Option<DateTime<Utc>>,
+    pub(crate) scheduled_for: Option<DateTime<Utc>>,
+    pub(crate) started: DateTime<Utc>,
+    pub(crate) finished: Option<DateTime<Utc>>,
     /// 1 for the first try, 2 for the first retry, ...; 0 for a skipped firing.
-    pub attempt: u32,
-    pub status: RunStatus,
-    pub rows: Option<u64>,
-    pub bytes: Option<u64>,
-    pub output: Option<String>,
+    pub(crate) attempt: u32,
+    pub(crate) status: RunStatus,
+    pub(crate) rows: Option<u64>,
+    pub(crate) bytes: Option<u64>,
+    pub(crate) output: Option<String>,
     /// The failure, or the reason for a skip.
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
     /// The process that ran it (to tell an abandoned `running` row from a live one).
-    pub pid: u32,
+    pub(crate) pid: u32,
 }
 
 /// The run history: a SQLite file in WAL mode, so `spillway report history` can read while a
 /// daemon writes. The connection sits behind a mutex so one `History` can be shared by the
 /// scheduler's tasks; each call is a single short statement.
-pub struct History {
+pub(crate) struct History {
     path: PathBuf,
     connection: Mutex<Connection>,
 }
@@ -1210,7 +1178,7 @@ fn time_from_text(text: &str) -> Option<DateTime<Utc>> {
 
 impl History {
     /// Open (creating if needed) the history at `path`, with its folder and schema.
-    pub fn open(path: &Path) -> Result<History, ReportError> {
+    pub(crate) fn open(path: &Path) -> Result<History, ReportError> {
         if let Some(parent) = path
             .parent()
             .filter(|parent| !parent.as_os_str().is_empty())
@@ -1255,7 +1223,7 @@ impl History {
     }
 
     /// The file this history lives in.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -1274,7 +1242,7 @@ impl History {
     }
 
     /// Record the start of a run (status `running`, this process's pid); returns its id.
-    pub fn start(
+    pub(crate) fn start(
         &self,
         report: &str,
         scheduled_for: Option<DateTime<Utc>>,
@@ -1298,7 +1266,7 @@ impl History {
     }
 
     /// Mark a run succeeded with what it wrote.
-    pub fn succeed(&self, id: i64, rows: u64, bytes: u64, output: &str) -> Result<(), ReportError> {
+    pub(crate) fn succeed(&self, id: i64, rows: u64, bytes: u64, output: &str) -> Result<(), ReportError> {
         let rows = i64::try_from(rows)
             .map_err(|_| self.error(format!("run {id}: row count too large")))?;
         let bytes = i64::try_from(bytes)
@@ -1312,7 +1280,7 @@ impl History {
     }
 
     /// Mark a run failed.
-    pub fn fail(&self, id: i64, error: &str) -> Result<(), ReportError> {
+    pub(crate) fn fail(&self, id: i64, error: &str) -> Result<(), ReportError> {
         self.finish(
             id,
             "UPDATE runs SET status = 'failed', finished = ?2, error = ?3 WHERE id = ?1",
@@ -1332,7 +1300,7 @@ impl History {
     }
 
     /// Record a firing that was not run, with the reason.
-    pub fn skip(
+    pub(crate) fn skip(
         &self,
         report: &str,
         scheduled_for: DateTime<Utc>,
@@ -1359,7 +1327,7 @@ impl History {
     /// many. Liveness is read from `/proc/<pid>`: where there is no `/proc`, nothing is changed
     /// (a live run must never be marked incomplete). A recycled pid keeps its row `running`
     /// until that process ends too.
-    pub fn recover(&self) -> Result<usize, ReportError> {
+    pub(crate) fn recover(&self) -> Result<usize, ReportError> {
         if !Path::new("/proc/self").exists() {
             return Ok(0);
         }
@@ -1395,7 +1363,7 @@ impl History {
     }
 
     /// The newest `limit` runs (of one report, or of all), newest first.
-    pub fn list(&self, report: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, ReportError> {
+    pub(crate) fn list(&self, report: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, ReportError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let connection = self.connection();
         let mut statement = connection
@@ -1416,7 +1384,7 @@ impl History {
     }
 
     /// The latest `scheduled_for` of any run of `report` (whatever its status), for catch-up.
-    pub fn last_scheduled(&self, report: &str) -> Result<Option<DateTime<Utc>>, ReportError> {
+    pub(crate) fn last_scheduled(&self, report: &str) -> Result<Option<DateTime<Utc>>, ReportError> {
         let latest: Option<String> = self
             .connection()
             .query_row(
@@ -1504,21 +1472,21 @@ impl RawRun {
 /// one history. Held until dropped (the OS also drops it when the process dies, so a crash
 /// never leaves a stale lock behind).
 #[derive(Debug)]
-pub struct DaemonLock {
+pub(crate) struct DaemonLock {
     path: PathBuf,
     _file: File,
 }
 
 impl DaemonLock {
     /// The lock file.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 }
 
 /// Take the daemon lock beside `history_path`; fails at once, naming the holder's pid, when
 /// another daemon has it.
-pub fn acquire_daemon_lock(history_path: &Path) -> Result<DaemonLock, ReportError> {
+pub(crate) fn acquire_daemon_lock(history_path: &Path) -> Result<DaemonLock, ReportError> {
     use std::io::{Read, Seek, Write};
     let mut lock_name = history_path.as_os_str().to_owned();
     lock_name.push(".lock");
@@ -1570,7 +1538,7 @@ pub fn acquire_daemon_lock(history_path: &Path) -> Result<DaemonLock, ReportErro
 
 /// The manifest published last, beside a report's output: what was written, from which values,
 /// for which scheduled time, by which spillway. A pretty JSON object ending in a newline.
-pub fn manifest_json(
+pub(crate) fn manifest_json(
     report: &str,
     rows: u64,
     bytes: u64,
@@ -2110,16 +2078,6 @@ WHERE fill_date >= $month AND array_has($states, member_state)
         );
     }
 
-    #[test]
-    fn parse_duration_forms() {
-        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("30m"), Ok(Duration::from_secs(1800)));
-        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        for bad in ["", "30", "m", "1.5h", "10x", "0s", "-5m"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn render_output_fills_every_placeholder_and_sanitises() {

@@ -28,6 +28,7 @@
 //! Must not: run SQL or touch the history itself (only through the [`Runner`]), or read the
 //! system time except through [`SystemClock`].
 
+use crate::units::format_duration;
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
@@ -43,7 +44,7 @@ use tokio::task::JoinSet;
 
 /// A cron expression or time zone that cannot be used.
 #[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
+pub(crate) enum ScheduleError {
     #[error("cron expression `{expression}`: {message}")]
     Cron { expression: String, message: String },
     #[error("time zone `{timezone}` is not an IANA zone name (like `America/New_York` or `UTC`)")]
@@ -56,7 +57,7 @@ pub enum ScheduleError {
 
 /// A POSIX cron expression evaluated on the wall clock of an IANA time zone.
 #[derive(Debug, Clone)]
-pub struct CronSchedule {
+pub(crate) struct CronSchedule {
     expression: String,
     timezone: Tz,
     cron: Cron,
@@ -68,7 +69,7 @@ impl CronSchedule {
     /// or six with a leading seconds field (`*/1 * * * * *`, handy in tests), or a nickname
     /// (`@hourly`, `@daily`, `@weekly`, `@monthly`, `@yearly`). Errors name the expression or
     /// the zone.
-    pub fn parse(cron: &str, timezone: &str) -> Result<CronSchedule, ScheduleError> {
+    pub(crate) fn parse(cron: &str, timezone: &str) -> Result<CronSchedule, ScheduleError> {
         let timezone_parsed: Tz = timezone
             .trim()
             .parse()
@@ -106,18 +107,18 @@ impl CronSchedule {
     }
 
     /// The expression as written.
-    pub fn expression(&self) -> &str {
+    pub(crate) fn expression(&self) -> &str {
         &self.expression
     }
 
     /// The zone the expression is evaluated in.
-    pub fn timezone(&self) -> Tz {
+    pub(crate) fn timezone(&self) -> Tz {
         self.timezone
     }
 
     /// The first fire time strictly after `after`; `None` if there is none (an expression such
     /// as `0 0 30 2 *` never fires).
-    pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         let mut from = after;
         // croner searches whole wall-clock seconds; loop in case a sub-second `after` ever
         // yields a time that is not strictly later.
@@ -137,7 +138,7 @@ impl CronSchedule {
     }
 
     /// The next `count` fire times after `after`.
-    pub fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
+    pub(crate) fn upcoming(&self, after: DateTime<Utc>, count: usize) -> Vec<DateTime<Utc>> {
         let mut times = Vec::with_capacity(count);
         let mut from = after;
         while times.len() < count {
@@ -153,7 +154,7 @@ impl CronSchedule {
     }
 
     /// The latest fire time in `(since, now]`, if any: what a catch-up after downtime runs.
-    pub fn latest_missed(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn latest_missed(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         if now <= since {
             return None;
         }
@@ -172,7 +173,7 @@ impl CronSchedule {
 // ---------------------------------------------------------------------------------------------
 
 /// Where the scheduler gets the time and waits for it.
-pub trait Clock: Send + Sync {
+pub(crate) trait Clock: Send + Sync {
     fn now(&self) -> DateTime<Utc>;
     /// A future that resolves once `now() >= when`.
     fn sleep_until(&self, when: DateTime<Utc>) -> BoxFuture<'static, ()>;
@@ -188,7 +189,7 @@ fn add(time: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
 
 /// The system's wall clock, sleeping on tokio's timer.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl SystemClock {
     /// Sleep at most this long before looking at the wall clock again, so that a clock step
@@ -219,7 +220,7 @@ impl Clock for SystemClock {
 /// A clock that moves only when told, for tests: [`ManualClock::advance`] and
 /// [`ManualClock::set`] wake the sleepers whose time has come.
 #[derive(Debug)]
-pub struct ManualClock {
+pub(crate) struct ManualClock {
     state: Mutex<ManualState>,
 }
 
@@ -230,7 +231,7 @@ struct ManualState {
 }
 
 impl ManualClock {
-    pub fn new(start: DateTime<Utc>) -> ManualClock {
+    pub(crate) fn new(start: DateTime<Utc>) -> ManualClock {
         ManualClock {
             state: Mutex::new(ManualState {
                 now: start,
@@ -247,14 +248,14 @@ impl ManualClock {
     }
 
     /// Move the clock forward and wake every sleeper whose time has come.
-    pub fn advance(&self, by: Duration) {
+    pub(crate) fn advance(&self, by: Duration) {
         let to = add(self.now(), by);
         self.set(to);
     }
 
     /// Move the clock to `to` (never backwards: an earlier time is ignored) and wake every
     /// sleeper whose time has come.
-    pub fn set(&self, to: DateTime<Utc>) {
+    pub(crate) fn set(&self, to: DateTime<Utc>) {
         let mut state = self.state();
         if to > state.now {
             state.now = to;
@@ -271,7 +272,7 @@ impl ManualClock {
     }
 
     /// The earliest time a live sleeper waits for.
-    pub fn next_wake(&self) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_wake(&self) -> Option<DateTime<Utc>> {
         self.state()
             .sleepers
             .iter()
@@ -281,7 +282,7 @@ impl ManualClock {
     }
 
     /// How many live sleepers there are.
-    pub fn sleepers(&self) -> usize {
+    pub(crate) fn sleepers(&self) -> usize {
         self.state()
             .sleepers
             .iter()
@@ -317,7 +318,7 @@ impl Clock for ManualClock {
 
 /// What to do with firings that passed while the scheduler was not running (or asleep).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MissedRunPolicy {
+pub(crate) enum MissedRunPolicy {
     /// Run the latest missed firing once, now.
     RunLatest,
     /// Record the latest missed firing as skipped and wait for the next one.
@@ -326,18 +327,18 @@ pub enum MissedRunPolicy {
 
 /// How failed attempts are tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     /// Extra attempts after the first one fails.
-    pub retries: u32,
+    pub(crate) retries: u32,
     /// The wait after the first failure; doubled after each further failure.
-    pub base_delay: Duration,
+    pub(crate) base_delay: Duration,
     /// The longest wait.
-    pub max_delay: Duration,
+    pub(crate) max_delay: Duration,
 }
 
 impl RetryPolicy {
     /// The wait after the `failed_attempt`-th failure (1-based): `base · 2^(n−1)`, capped.
-    pub fn delay_after(&self, failed_attempt: u32) -> Duration {
+    pub(crate) fn delay_after(&self, failed_attempt: u32) -> Duration {
         let doublings = failed_attempt.saturating_sub(1);
         let factor = 2u32.checked_pow(doublings).unwrap_or(u32::MAX);
         self.base_delay.saturating_mul(factor).min(self.max_delay)
@@ -357,25 +358,25 @@ impl Default for RetryPolicy {
 
 /// One scheduled job.
 #[derive(Debug, Clone)]
-pub struct Job {
+pub(crate) struct Job {
     /// Unique among the scheduler's jobs (the report name).
-    pub name: String,
-    pub schedule: CronSchedule,
-    pub retry: RetryPolicy,
+    pub(crate) name: String,
+    pub(crate) schedule: CronSchedule,
+    pub(crate) retry: RetryPolicy,
     /// The longest one attempt may take.
-    pub timeout: Option<Duration>,
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// What a runner reports back.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RunOutcome {
+pub(crate) enum RunOutcome {
     Succeeded,
     Failed(String),
 }
 
 /// Does the work of a firing; the scheduler only decides when.
 #[async_trait::async_trait]
-pub trait Runner: Send + Sync + 'static {
+pub(crate) trait Runner: Send + Sync + 'static {
     /// Run one attempt (`attempt` is 1 for the first try, 2 for the first retry, ...). The
     /// future may be dropped part-way (timeout, shutdown): [`Runner::cancelled`] follows then.
     async fn run(&self, job: &str, scheduled_for: DateTime<Utc>, attempt: u32) -> RunOutcome;
@@ -390,26 +391,6 @@ pub trait Runner: Send + Sync + 'static {
     async fn cancelled(&self, job: &str, scheduled_for: DateTime<Utc>, attempt: u32, reason: &str) {
         let _ = (job, scheduled_for, attempt, reason);
     }
-}
-
-/// Durations for messages: `90s` → `1m30s`, `1800s` → `30m`, `250ms`.
-pub fn format_duration(duration: Duration) -> String {
-    let seconds = duration.as_secs();
-    if seconds == 0 {
-        return format!("{}ms", duration.as_millis());
-    }
-    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
-    let mut text = String::new();
-    if hours > 0 {
-        text.push_str(&format!("{hours}h"));
-    }
-    if minutes > 0 {
-        text.push_str(&format!("{minutes}m"));
-    }
-    if seconds > 0 {
-        text.push_str(&format!("{seconds}s"));
-    }
-    text
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -427,7 +408,7 @@ enum Phase {
 }
 
 /// Fires jobs at their times through a runner.
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     jobs: Vec<Arc<Job>>,
     clock: Arc<dyn Clock>,
     runner: Arc<dyn Runner>,
@@ -468,7 +449,7 @@ impl Tasks {
 }
 
 impl Scheduler {
-    pub fn new(
+    pub(crate) fn new(
         jobs: Vec<Job>,
         clock: Arc<dyn Clock>,
         runner: Arc<dyn Runner>,
@@ -486,7 +467,7 @@ impl Scheduler {
     /// already handled (from the history), for catch-up; a job without an entry starts fresh.
     /// After shutdown nothing new fires; runs under way get `grace` to finish and are then
     /// cancelled (their futures dropped) before this returns.
-    pub async fn run(
+    pub(crate) async fn run(
         self,
         last_runs: HashMap<String, DateTime<Utc>>,
         shutdown: impl Future<Output = ()> + Send,
@@ -951,13 +932,6 @@ mod tests {
         assert_eq!(policy.delay_after(200), Duration::from_secs(25));
     }
 
-    #[test]
-    fn durations_read_well() {
-        assert_eq!(format_duration(Duration::from_secs(90)), "1m30s");
-        assert_eq!(format_duration(Duration::from_secs(1800)), "30m");
-        assert_eq!(format_duration(Duration::from_secs(7260)), "2h1m");
-        assert_eq!(format_duration(Duration::from_millis(250)), "250ms");
-    }
 
     // ----- ManualClock -----
 

@@ -15,11 +15,9 @@ mod guard;
 mod pgcompat;
 mod session;
 
-pub use auth::{Verifier, DEFAULT_ITERATIONS};
-pub use guard::SERVER_VERSION;
+pub(crate) use auth::Verifier;
 
 use crate::catalog::TableSpec;
-use crate::config::ServerSection;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::report::ReportDefinition;
@@ -34,178 +32,26 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 /// Where the server listens unless told otherwise (PostgreSQL's port, loopback only).
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:5432";
-pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
-pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:5432";
+pub(crate) const DEFAULT_MAX_CONNECTIONS: usize = 64;
+pub(crate) const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(300);
 /// One statement may hold this share of the pool: four runaway queries together still leave
 /// nothing starved for long, and a dashboard's group-by over claims fits easily.
-pub const DEFAULT_QUERY_MEMORY_SHARE: f64 = 0.25;
+pub(crate) const DEFAULT_QUERY_MEMORY_SHARE: f64 = 0.25;
 /// The result cache's default size, unless an eighth of the memory pool is less.
-pub const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
+pub(crate) const DEFAULT_CACHE_SIZE: u64 = 256 << 20;
 
 /// Resolved server settings (flags over `[server]` over defaults).
 #[derive(Debug, Clone)]
-pub struct ServeOptions {
-    pub listen: SocketAddr,
-    pub max_connections: usize,
-    pub statement_timeout: Option<Duration>,
-    pub query_memory: usize,
-    pub cache_size: usize,
-    pub tls: Option<(PathBuf, PathBuf)>,
-    pub require_tls: bool,
-    pub users: HashMap<String, Verifier>,
-}
-
-/// Server settings as given on the command line (each overrides its `[server]` key).
-#[derive(Debug, Default, Clone)]
-pub struct ServeFlags {
-    pub listen: Option<String>,
-    pub max_connections: Option<usize>,
-    pub statement_timeout: Option<String>,
-    pub query_memory: Option<String>,
-    pub cache_size: Option<String>,
-    pub tls_cert: Option<PathBuf>,
-    pub tls_key: Option<PathBuf>,
-}
-
-impl ServeOptions {
-    /// Merge flags over `[server]`; `pool` is the engine's memory pool in bytes (for `25%`).
-    pub fn resolve(flags: &ServeFlags, section: &ServerSection, pool: u64) -> Result<ServeOptions> {
-        let pick = |flag: &Option<String>,
-                    key: &Option<String>,
-                    flag_name: &str,
-                    key_name: &str| match (flag, key) {
-            (Some(value), _) => Some((value.clone(), flag_name.to_string(), true)),
-            (None, Some(value)) => Some((value.clone(), format!("server.{key_name}"), false)),
-            (None, None) => None,
-        };
-        let error = |origin: &str, from_flag: bool, message: String| {
-            if from_flag {
-                Error::Usage(format!("{origin}: {message}"))
-            } else {
-                Error::Config(format!("{origin}: {message}"))
-            }
-        };
-        let listen_text = pick(&flags.listen, &section.listen, "--listen", "listen");
-        let listen = match &listen_text {
-            Some((text, origin, flag)) => text.parse::<SocketAddr>().map_err(|_| {
-                error(origin, *flag, format!("`{text}` is not HOST:PORT such as 127.0.0.1:5432 (an IP address, not a name)"))
-            })?,
-            None => DEFAULT_LISTEN
-                .parse()
-                .map_err(|_| Error::Internal("bad default listen address".into()))?,
-        };
-        let max_connections = flags
-            .max_connections
-            .or(section.max_connections)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(Error::Usage(
-                "--max-connections / server.max_connections: must be at least 1".into(),
-            ));
-        }
-        let statement_timeout = match pick(
-            &flags.statement_timeout,
-            &section.statement_timeout,
-            "--statement-timeout",
-            "statement_timeout",
-        ) {
-            Some((text, _, _)) if text.trim() == "0" => None,
-            Some((text, origin, flag)) => {
-                Some(crate::report::parse_duration(&text).map_err(|e| error(&origin, flag, e))?)
-            }
-            None => Some(DEFAULT_STATEMENT_TIMEOUT),
-        };
-        let query_memory = match pick(
-            &flags.query_memory,
-            &section.query_memory,
-            "--query-memory",
-            "query_memory",
-        ) {
-            Some((text, origin, flag)) => {
-                let limit = crate::config::MemoryLimit::parse(&text)
-                    .map_err(|e| error(&origin, flag, e))?;
-                limit.resolve(pool)
-            }
-            None => (pool as f64 * DEFAULT_QUERY_MEMORY_SHARE) as u64,
-        };
-        let cache_size = match pick(
-            &flags.cache_size,
-            &section.cache_size,
-            "--cache-size",
-            "cache_size",
-        ) {
-            Some((text, _, _)) if text.trim() == "0" => 0,
-            Some((text, origin, flag)) => {
-                crate::config::parse_size(&text).map_err(|e| error(&origin, flag, e))?
-            }
-            // Cached results are reserved in the pool: at most an eighth of it by default.
-            None => DEFAULT_CACHE_SIZE.min(pool / 8),
-        };
-        let cert = flags.tls_cert.clone().or_else(|| section.tls_cert.clone());
-        let key = flags.tls_key.clone().or_else(|| section.tls_key.clone());
-        let tls = match (cert, key) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            _ => {
-                return Err(Error::Config(
-                    "server.tls_cert and server.tls_key go together: give both or neither".into(),
-                ))
-            }
-        };
-        let require_tls = section.require_tls.unwrap_or(tls.is_some());
-        if require_tls && tls.is_none() {
-            return Err(Error::Config(
-                "server.require_tls = true needs server.tls_cert and server.tls_key".into(),
-            ));
-        }
-        let mut users = HashMap::new();
-        for (name, user) in &section.users {
-            let key = format!("server.users.{name}");
-            let verifier = match (&user.scram, &user.password_env) {
-                (Some(text), None) => Verifier::parse(text.expose())
-                    .map_err(|e| Error::Config(format!("{key}.scram: {e}")))?,
-                (None, Some(variable)) => {
-                    let password = std::env::var(variable).map_err(|_| {
-                        Error::Config(format!(
-                            "{key}.password_env: the environment variable `{variable}` is not set"
-                        ))
-                    })?;
-                    if password.is_empty() {
-                        return Err(Error::Config(format!(
-                            "{key}.password_env: the environment variable `{variable}` is empty"
-                        )));
-                    }
-                    Verifier::from_password(&password)
-                        .map_err(|e| Error::Internal(format!("{key}: {e}")))?
-                }
-                _ => {
-                    return Err(Error::Config(format!(
-                        "{key}: give exactly one of `scram` (a verifier from `spillway password`) \
-                         or `password_env`"
-                    )))
-                }
-            };
-            users.insert(name.clone(), verifier);
-        }
-        if users.is_empty() && !listen.ip().is_loopback() {
-            return Err(Error::Config(format!(
-                "refusing to listen on {listen} without authentication: it is not a loopback \
-                 address; add users under [server.users.NAME] (see `spillway password`) or \
-                 listen on 127.0.0.1"
-            )));
-        }
-        Ok(ServeOptions {
-            listen,
-            max_connections,
-            statement_timeout,
-            query_memory: usize::try_from(query_memory.max(1 << 20)).unwrap_or(usize::MAX),
-            cache_size: usize::try_from(cache_size).unwrap_or(usize::MAX),
-            tls,
-            require_tls,
-            users,
-        })
-    }
+pub(crate) struct ServeOptions {
+    pub(crate) listen: SocketAddr,
+    pub(crate) max_connections: usize,
+    pub(crate) statement_timeout: Option<Duration>,
+    pub(crate) query_memory: usize,
+    pub(crate) cache_size: usize,
+    pub(crate) tls: Option<(PathBuf, PathBuf)>,
+    pub(crate) require_tls: bool,
+    pub(crate) users: HashMap<String, Verifier>,
 }
 
 /// Load the TLS certificate chain and private key.
@@ -251,7 +97,7 @@ fn tls_acceptor(cert: &PathBuf, key: &PathBuf) -> Result<pgwire::tokio::TlsAccep
 }
 
 /// Serve until Ctrl-C or SIGTERM, then stop accepting and return.
-pub async fn run(
+pub(crate) async fn run(
     engine: Engine,
     tables: Vec<TableSpec>,
     reports: Vec<ReportDefinition>,
@@ -312,7 +158,7 @@ async fn serve_until_stopped(
     let active = Arc::new(AtomicUsize::new(0));
     let handlers = Arc::new(session::Handlers::new(server.clone()));
     let refuse = Arc::new(session::Refuse::new(options.max_connections));
-    let shutdown = crate::signal::shutdown();
+    let shutdown = crate::process::signal::shutdown();
     tokio::pin!(shutdown);
     loop {
         let (socket, peer) = tokio::select! {

@@ -4,6 +4,7 @@
 //! progress tick) and from the process (peak RSS). Must not slow the hot path: nothing here runs
 //! per batch.
 
+use crate::units::human_bytes;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::ExecutionPlan;
@@ -14,15 +15,15 @@ use std::time::Duration;
 
 /// Totals over every operator of a plan.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct PlanTotals {
-    pub spill_count: usize,
-    pub spilled_bytes: usize,
-    pub spilled_rows: usize,
+pub(crate) struct PlanTotals {
+    pub(crate) spill_count: usize,
+    pub(crate) spilled_bytes: usize,
+    pub(crate) spilled_rows: usize,
 }
 
 impl PlanTotals {
     /// Sum the spill metrics of every operator in the plan.
-    pub fn of(plan: &Arc<dyn ExecutionPlan>) -> PlanTotals {
+    pub(crate) fn of(plan: &Arc<dyn ExecutionPlan>) -> PlanTotals {
         let mut totals = PlanTotals::default();
         visit(plan, &mut |node| {
             if let Some(metrics) = node.metrics() {
@@ -43,7 +44,7 @@ fn visit(plan: &Arc<dyn ExecutionPlan>, f: &mut dyn FnMut(&Arc<dyn ExecutionPlan
 }
 
 /// The files a plan scans and their total size in bytes (byte ranges counted once per file).
-pub fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> (usize, u64) {
+pub(crate) fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> (usize, u64) {
     let mut seen = HashSet::new();
     let mut bytes = 0;
     visit(plan, &mut |node| {
@@ -63,7 +64,7 @@ pub fn scanned_files(plan: &Arc<dyn ExecutionPlan>) -> (usize, u64) {
 }
 
 /// Peak resident set size of this process so far, in bytes (Linux; 0 elsewhere).
-pub fn peak_rss() -> u64 {
+pub(crate) fn peak_rss() -> u64 {
     proc_status_kib("VmHWM:") * 1024
 }
 
@@ -79,17 +80,17 @@ fn proc_status_kib(key: &str) -> u64 {
 
 /// Everything `--stats` prints after a statement.
 #[derive(Debug, Clone)]
-pub struct QueryStats {
-    pub rows: u64,
-    pub files: usize,
-    pub bytes_in_files: u64,
-    pub bytes_fetched: u64,
-    pub requests: u64,
-    pub elapsed: Duration,
-    pub spill: PlanTotals,
-    pub peak_pool: usize,
-    pub pool_limit: u64,
-    pub peak_rss: u64,
+pub(crate) struct QueryStats {
+    pub(crate) rows: u64,
+    pub(crate) files: usize,
+    pub(crate) bytes_in_files: u64,
+    pub(crate) bytes_fetched: u64,
+    pub(crate) requests: u64,
+    pub(crate) elapsed: Duration,
+    pub(crate) spill: PlanTotals,
+    pub(crate) peak_pool: usize,
+    pub(crate) pool_limit: u64,
+    pub(crate) peak_rss: u64,
 }
 
 impl fmt::Display for QueryStats {
@@ -121,32 +122,10 @@ impl fmt::Display for QueryStats {
     }
 }
 
-/// `1.5 GiB`, `320.0 MiB`, `12 B`.
-pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn bytes_are_shown_in_binary_units() {
-        assert_eq!(human_bytes(12), "12 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(256 << 20), "256.0 MiB");
-    }
 
     #[test]
     fn peak_rss_is_read_from_the_kernel() {

@@ -42,28 +42,28 @@ const GLOB_CHARS: &[char] = &['*', '?', '[', '{'];
 /// A parsed table location: the store it is in, the listing prefix, and an optional pattern
 /// that files below the prefix must match.
 #[derive(Debug, Clone)]
-pub struct Location {
+pub(crate) struct Location {
     /// What the user wrote, for error messages.
-    pub original: String,
+    pub(crate) original: String,
     /// The store's URL, e.g. `file://` or `s3://bucket`.
-    pub store_url: ObjectStoreUrl,
+    pub(crate) store_url: ObjectStoreUrl,
     /// The folder (or single file) to list, as a URL.
-    pub base: Url,
+    pub(crate) base: Url,
     /// The glob, relative to `base`, if the location has one.
-    pub pattern: Option<String>,
+    pub(crate) pattern: Option<String>,
 }
 
 /// A location resolved to the files it names.
 #[derive(Debug, Clone)]
-pub struct ResolvedLocation {
-    pub location: Location,
+pub(crate) struct ResolvedLocation {
+    pub(crate) location: Location,
     /// Matching files, sorted by path, hidden and `_`-prefixed files left out.
-    pub files: Vec<ObjectMeta>,
+    pub(crate) files: Vec<ObjectMeta>,
 }
 
 impl Location {
     /// Parse what the user wrote. Local paths may be relative to the current directory.
-    pub fn parse(text: &str) -> Result<Location> {
+    pub(crate) fn parse(text: &str) -> Result<Location> {
         if text.trim().is_empty() {
             return Err(Error::Usage("an empty table location".into()));
         }
@@ -112,14 +112,14 @@ impl Location {
     }
 
     /// The bucket of an `s3://` location.
-    pub fn bucket(&self) -> Option<&str> {
+    pub(crate) fn bucket(&self) -> Option<&str> {
         (self.base.scheme() == "s3")
             .then(|| self.base.host_str())
             .flatten()
     }
 
     /// The same location seen as a folder (for a key that turned out to be a prefix).
-    pub fn as_folder(&self) -> Location {
+    pub(crate) fn as_folder(&self) -> Location {
         let mut folder = self.clone();
         if !folder.base.path().ends_with('/') {
             let path = format!("{}/", folder.base.path());
@@ -149,18 +149,18 @@ impl Location {
     }
 
     /// The listing prefix in the store's own path syntax.
-    pub fn prefix(&self) -> Result<StorePath> {
+    pub(crate) fn prefix(&self) -> Result<StorePath> {
         StorePath::from_url_path(self.base.path())
             .map_err(|e| Error::Usage(format!("location `{}`: {e}", self.original)))
     }
 
     /// Whether the location names a folder (or a glob) rather than one file.
-    pub fn is_folder(&self) -> bool {
+    pub(crate) fn is_folder(&self) -> bool {
         self.base.path().ends_with('/')
     }
 
     /// The URL of one file of this location's store, for DataFusion's listing table.
-    pub fn file_url(&self, path: &StorePath) -> Result<ListingTableUrl> {
+    pub(crate) fn file_url(&self, path: &StorePath) -> Result<ListingTableUrl> {
         let mut url = self.base.clone();
         url.set_path("");
         url.path_segments_mut()
@@ -171,13 +171,13 @@ impl Location {
 
     /// The location's folder as a DataFusion listing URL (for hive-partitioned tables, whose
     /// partition values DataFusion reads from the paths below it).
-    pub fn folder_url(&self) -> Result<ListingTableUrl> {
+    pub(crate) fn folder_url(&self) -> Result<ListingTableUrl> {
         ListingTableUrl::try_new(self.base.clone(), None).map_err(Error::from)
     }
 }
 
 /// Split a path at the first segment holding a glob character: `("data/", "claims_*.csv")`.
-pub fn split_glob(path: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_glob(path: &str) -> (&str, Option<&str>) {
     let mut offset = 0;
     for segment in path.split_inclusive('/') {
         if segment.contains(GLOB_CHARS) {
@@ -212,7 +212,7 @@ fn is_hidden(relative: &str) -> bool {
 /// List the files a location names. A single file is returned as is; a folder yields every
 /// file below it (recursively); a glob yields the files below its prefix that match it.
 /// An empty result is an error that names the location.
-pub async fn resolve(
+pub(crate) async fn resolve(
     store: &Arc<dyn ObjectStore>,
     location: &Location,
 ) -> Result<ResolvedLocation> {
@@ -287,7 +287,7 @@ fn relative_to<'a>(path: &'a str, prefix: &str) -> &'a str {
 }
 
 /// Describe an object store error with the location it concerns, classified.
-pub fn store_error(location: &str, error: object_store::Error) -> Error {
+pub(crate) fn store_error(location: &str, error: object_store::Error) -> Error {
     let message = crate::error::one_line(&error.to_string());
     match error {
         object_store::Error::NotFound { .. } => Error::Input(format!("`{location}`: {message}")),
@@ -300,21 +300,21 @@ pub fn store_error(location: &str, error: object_store::Error) -> Error {
 
 /// Counters of what the stores were asked for, shared by every store of one engine.
 #[derive(Debug, Default)]
-pub struct StoreCounters {
-    pub get_requests: AtomicU64,
-    pub bytes_fetched: AtomicU64,
-    pub list_requests: AtomicU64,
-    pub put_requests: AtomicU64,
+pub(crate) struct StoreCounters {
+    pub(crate) get_requests: AtomicU64,
+    pub(crate) bytes_fetched: AtomicU64,
+    pub(crate) list_requests: AtomicU64,
+    pub(crate) put_requests: AtomicU64,
 }
 
 impl StoreCounters {
     /// Total bytes fetched so far.
-    pub fn bytes(&self) -> u64 {
+    pub(crate) fn bytes(&self) -> u64 {
         self.bytes_fetched.load(Ordering::Relaxed)
     }
 
     /// Requests of every kind so far.
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         self.get_requests.load(Ordering::Relaxed)
             + self.list_requests.load(Ordering::Relaxed)
             + self.put_requests.load(Ordering::Relaxed)
@@ -323,7 +323,7 @@ impl StoreCounters {
 
 /// An object store that counts the requests made to the one it wraps and the bytes they fetch.
 #[derive(Debug)]
-pub struct CountingStore {
+pub(crate) struct CountingStore {
     inner: Arc<dyn ObjectStore>,
     counters: Arc<StoreCounters>,
     /// Set for the local file system: byte ranges are then mapped, not copied ([`mapped_ranges`]).
@@ -331,7 +331,7 @@ pub struct CountingStore {
 }
 
 impl CountingStore {
-    pub fn new(inner: Arc<dyn ObjectStore>, counters: Arc<StoreCounters>) -> Self {
+    pub(crate) fn new(inner: Arc<dyn ObjectStore>, counters: Arc<StoreCounters>) -> Self {
         Self {
             inner,
             counters,
@@ -464,7 +464,7 @@ impl ObjectStore for CountingStore {
 }
 
 /// The local file system store, counted, its byte ranges mapped.
-pub fn local_store(counters: Arc<StoreCounters>) -> Arc<dyn ObjectStore> {
+pub(crate) fn local_store(counters: Arc<StoreCounters>) -> Arc<dyn ObjectStore> {
     let local = Arc::new(LocalFileSystem::new());
     Arc::new(CountingStore {
         inner: local.clone(),
@@ -609,7 +609,7 @@ fn map_span(
     }
     let offset = span.start - span.start % page_size();
     let length = usize::try_from(span.end - offset).ok()?;
-    crate::signal::catch_truncated_maps();
+    crate::process::signal::catch_truncated_maps();
     // SAFETY: the map is read-only and private to this process; the one way it can fail later
     // (the file shrinking under it) raises SIGBUS, which `signal::catch_truncated_maps` handles.
     let map = unsafe { MmapOptions::new().offset(offset).len(length).map(file) }.ok()?;
@@ -634,7 +634,7 @@ fn page_size() -> u64 {
 }
 
 /// Keep only the files of a resolved location (for callers that need plain metadata).
-pub fn total_bytes(files: &[ObjectMeta]) -> u64 {
+pub(crate) fn total_bytes(files: &[ObjectMeta]) -> u64 {
     files.iter().map(|meta| meta.size).sum()
 }
 
@@ -647,7 +647,7 @@ const S3_RETRY_TIMEOUT: Duration = Duration::from_secs(30);
 /// An S3 store for one bucket. Settings come from `settings` (table over `[storage.s3]`), then an
 /// AWS profile, then the standard `AWS_*` variables. A region is always set, so nothing ever asks
 /// AWS where a bucket lives (offline, that would hang).
-pub fn s3_store(
+pub(crate) fn s3_store(
     bucket: &str,
     settings: &S3Settings,
     counters: Arc<StoreCounters>,

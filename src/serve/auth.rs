@@ -29,12 +29,12 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 
 /// Iterations for verifiers made from a password (PostgreSQL's default).
-pub const DEFAULT_ITERATIONS: u32 = 4096;
+pub(crate) const DEFAULT_ITERATIONS: u32 = 4096;
 const MECHANISM: &str = "SCRAM-SHA-256";
 
 /// A stored SCRAM-SHA-256 verifier, in PostgreSQL's `pg_authid` format.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Verifier {
+pub(crate) struct Verifier {
     iterations: u32,
     salt: Vec<u8>,
     stored_key: Vec<u8>,
@@ -49,7 +49,7 @@ impl fmt::Debug for Verifier {
 
 impl Verifier {
     /// A verifier for `password` with a fresh random salt.
-    pub fn from_password(password: &str) -> Result<Verifier, String> {
+    pub(crate) fn from_password(password: &str) -> Result<Verifier, String> {
         let mut salt = vec![0u8; 16];
         ring::rand::SecureRandom::fill(&ring_rand::SystemRandom::new(), &mut salt)
             .map_err(|_| "the system random number generator failed".to_string())?;
@@ -82,7 +82,7 @@ impl Verifier {
     }
 
     /// Parse `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>` (base64 parts).
-    pub fn parse(text: &str) -> Result<Verifier, String> {
+    pub(crate) fn parse(text: &str) -> Result<Verifier, String> {
         let bad = || {
             "not a SCRAM-SHA-256 verifier (`SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`, \
              as `spillway password` prints)"
@@ -132,7 +132,7 @@ fn hmac_sha256(key: &[u8], message: &[u8]) -> Vec<u8> {
 
 /// The users allowed to connect.
 #[derive(Debug, Default)]
-pub struct Users {
+pub(crate) struct Users {
     verifiers: HashMap<String, Verifier>,
     /// Makes the fake verifier of an unknown user stable, so that a client cannot tell unknown
     /// users from known ones by their salt.
@@ -140,7 +140,7 @@ pub struct Users {
 }
 
 impl Users {
-    pub fn new(verifiers: HashMap<String, Verifier>) -> Users {
+    pub(crate) fn new(verifiers: HashMap<String, Verifier>) -> Users {
         let mut mock_key = vec![0u8; 32];
         let _ = ring::rand::SecureRandom::fill(&ring_rand::SystemRandom::new(), &mut mock_key);
         Users {
@@ -149,7 +149,7 @@ impl Users {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.verifiers.is_empty()
     }
 
@@ -273,7 +273,7 @@ fn invalid(message: &str) -> PgWireError {
 }
 
 /// A FATAL error the client shows as is.
-pub fn fatal(code: &str, message: String) -> PgWireError {
+pub(crate) fn fatal(code: &str, message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "FATAL".into(),
         code.into(),
@@ -289,13 +289,13 @@ fn auth_failed(user: &str) -> PgWireError {
 }
 
 /// What a connection does once it is authenticated: open its session (see `session`).
-pub trait OnAuthenticated: Send + Sync {
+pub(crate) trait OnAuthenticated: Send + Sync {
     fn opened<C: ClientInfo>(&self, client: &mut C) -> PgWireResult<()>;
 }
 
 /// The startup phase of one connection (pgwire asks for a fresh one per connection, so the
 /// exchange state lives here).
-pub struct Startup<P, O> {
+pub(crate) struct Startup<P, O> {
     users: Arc<Users>,
     require_tls: bool,
     parameters: Arc<P>,
@@ -304,7 +304,7 @@ pub struct Startup<P, O> {
 }
 
 impl<P, O> Startup<P, O> {
-    pub fn new(
+    pub(crate) fn new(
         users: Arc<Users>,
         require_tls: bool,
         parameters: Arc<P>,

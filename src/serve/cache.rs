@@ -18,26 +18,26 @@ use std::sync::{Arc, Mutex};
 
 /// Everything that decides a result's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key {
-    pub sql: String,
-    pub parameters: Vec<Option<Vec<u8>>>,
+pub(crate) struct Key {
+    pub(crate) sql: String,
+    pub(crate) parameters: Vec<Option<Vec<u8>>>,
     /// Parameter and result format codes, and client settings such as `DateStyle`.
-    pub shape: String,
+    pub(crate) shape: String,
     /// Of the files behind the statement's tables.
-    pub fingerprint: u64,
+    pub(crate) fingerprint: u64,
 }
 
 /// A finished result.
-pub struct Entry {
-    pub fields: Arc<Vec<FieldInfo>>,
-    pub command_tag: String,
-    pub rows: Vec<DataRow>,
-    pub bytes: usize,
+pub(crate) struct Entry {
+    pub(crate) fields: Arc<Vec<FieldInfo>>,
+    pub(crate) command_tag: String,
+    pub(crate) rows: Vec<DataRow>,
+    pub(crate) bytes: usize,
 }
 
 impl Entry {
     /// The result, ready to send again.
-    pub fn response(&self) -> QueryResponse {
+    pub(crate) fn response(&self) -> QueryResponse {
         let rows: Vec<_> = self.rows.iter().cloned().map(Ok).collect();
         let mut response = QueryResponse::new(self.fields.clone(), futures::stream::iter(rows));
         response.set_command_tag(&self.command_tag);
@@ -46,23 +46,23 @@ impl Entry {
 }
 
 /// Bytes a row costs in the cache.
-pub fn row_bytes(row: &DataRow) -> usize {
+pub(crate) fn row_bytes(row: &DataRow) -> usize {
     row.data.len() + std::mem::size_of::<DataRow>()
 }
 
 /// Hit, miss and size counters, for logs and `SHOW spillway_stats`.
 #[derive(Debug, Default)]
-pub struct Counters {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub stored: AtomicU64,
-    pub too_big: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) hits: AtomicU64,
+    pub(crate) misses: AtomicU64,
+    pub(crate) stored: AtomicU64,
+    pub(crate) too_big: AtomicU64,
 }
 
-pub struct ResultCache {
+pub(crate) struct ResultCache {
     capacity: usize,
     inner: Mutex<Inner>,
-    pub counters: Counters,
+    pub(crate) counters: Counters,
 }
 
 struct Inner {
@@ -76,7 +76,7 @@ struct Inner {
 
 impl ResultCache {
     /// A cache of at most `capacity` bytes (0: off).
-    pub fn new(capacity: usize) -> ResultCache {
+    pub(crate) fn new(capacity: usize) -> ResultCache {
         ResultCache {
             capacity,
             inner: Mutex::new(Inner {
@@ -89,7 +89,7 @@ impl ResultCache {
     }
 
     /// A cache whose bytes are reserved in `pool`.
-    pub fn in_pool(capacity: usize, pool: &Arc<dyn MemoryPool>) -> ResultCache {
+    pub(crate) fn in_pool(capacity: usize, pool: &Arc<dyn MemoryPool>) -> ResultCache {
         let cache = ResultCache::new(capacity);
         if let Ok(mut inner) = cache.inner.lock() {
             inner.reservation = Some(MemoryConsumer::new("dashboard cache").register(pool));
@@ -97,16 +97,16 @@ impl ResultCache {
         cache
     }
 
-    pub fn enabled(&self) -> bool {
+    pub(crate) fn enabled(&self) -> bool {
         self.capacity > 0
     }
 
     /// The largest result worth keeping.
-    pub fn entry_limit(&self) -> usize {
+    pub(crate) fn entry_limit(&self) -> usize {
         self.capacity / 8
     }
 
-    pub fn get(&self, key: &Key) -> Option<Arc<Entry>> {
+    pub(crate) fn get(&self, key: &Key) -> Option<Arc<Entry>> {
         let found = self
             .inner
             .lock()
@@ -121,7 +121,7 @@ impl ResultCache {
         found
     }
 
-    pub fn insert(&self, key: Key, entry: Entry) {
+    pub(crate) fn insert(&self, key: Key, entry: Entry) {
         if entry.bytes > self.entry_limit() {
             self.counters.too_big.fetch_add(1, Ordering::Relaxed);
             return;
@@ -151,7 +151,7 @@ impl ResultCache {
     }
 
     /// Entries and bytes held now.
-    pub fn size(&self) -> (usize, usize) {
+    pub(crate) fn size(&self) -> (usize, usize) {
         self.inner
             .lock()
             .map(|inner| (inner.entries.len(), inner.bytes))
@@ -169,7 +169,7 @@ impl Inner {
 }
 
 /// A fingerprint of a set of files: order-independent of how the listing came back.
-pub fn fingerprint_files<'a>(files: impl IntoIterator<Item = &'a object_store::ObjectMeta>) -> u64 {
+pub(crate) fn fingerprint_files<'a>(files: impl IntoIterator<Item = &'a object_store::ObjectMeta>) -> u64 {
     let mut parts: Vec<String> = files
         .into_iter()
         .map(|meta| {

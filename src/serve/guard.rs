@@ -24,12 +24,12 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// The PostgreSQL version clients are told (drivers parse it to pick their SQL).
-pub const SERVER_VERSION: &str = "16.6";
-pub const SERVER_VERSION_NUM: &str = "160006";
+pub(crate) const SERVER_VERSION: &str = "16.6";
+pub(crate) const SERVER_VERSION_NUM: &str = "160006";
 
 /// Error for a refused statement (SQLSTATE 25006, read_only_sql_transaction, as PostgreSQL
 /// answers writes on a read-only server).
-pub fn refused(message: String) -> PgWireError {
+pub(crate) fn refused(message: String) -> PgWireError {
     PgWireError::UserError(Box::new(ErrorInfo::new(
         "ERROR".into(),
         "25006".into(),
@@ -38,7 +38,7 @@ pub fn refused(message: String) -> PgWireError {
 }
 
 /// Why `statement` may not run here, if it may not.
-pub fn check(statement: &Statement) -> Result<(), String> {
+pub(crate) fn check(statement: &Statement) -> Result<(), String> {
     match statement {
         Statement::Query(_) => {}
         Statement::Explain { statement, .. } => return check(statement),
@@ -169,7 +169,7 @@ fn check_relations(statement: &Statement) -> Result<(), String> {
 }
 
 /// Whether a table name is really a path or URL.
-pub fn looks_like_path(name: &str) -> bool {
+pub(crate) fn looks_like_path(name: &str) -> bool {
     name.contains('/')
         || name.contains('\\')
         || name.contains("://")
@@ -183,7 +183,7 @@ pub fn looks_like_path(name: &str) -> bool {
 
 /// SQL the parser cannot read may still be an attempt at a file (`FROM '/etc/passwd'` does not
 /// parse in the PostgreSQL dialect): say so instead of showing a syntax error.
-pub fn refuse_unparsed(sql: &str) -> Option<String> {
+pub(crate) fn refuse_unparsed(sql: &str) -> Option<String> {
     let lower = sql.to_ascii_lowercase();
     for keyword in ["from", "join"] {
         let mut rest = lower.as_str();
@@ -226,7 +226,7 @@ fn refuse<T>(statement: &Statement, peer: std::net::SocketAddr) -> Option<PgWire
 
 /// The first hook: refuses what [`check`] refuses, in both protocols.
 #[derive(Debug)]
-pub struct ReadOnly;
+pub(crate) struct ReadOnly;
 
 #[async_trait]
 impl QueryHook for ReadOnly {
@@ -261,13 +261,13 @@ impl QueryHook for ReadOnly {
 }
 
 /// Rows for `SHOW spillway_stats`: `(name, value)` pairs.
-pub trait StatsSource: Send + Sync {
+pub(crate) trait StatsSource: Send + Sync {
     fn rows(&self) -> Vec<(String, String)>;
 }
 
 /// Answers for statements DataFusion does not run but PostgreSQL clients send.
-pub struct Compat {
-    pub stats: Arc<dyn StatsSource>,
+pub(crate) struct Compat {
+    pub(crate) stats: Arc<dyn StatsSource>,
 }
 
 enum Answer {
@@ -421,7 +421,7 @@ impl QueryHook for Compat {
 /// The names a statement reads, for the result cache: `Some((tables, ctes))` when every
 /// relation is a plain name and no function in it gives a different answer on each call
 /// (`now()`, `random()`), `None` when the result must not be cached.
-pub fn cacheable_relations(statement: &Statement) -> Option<BTreeSet<String>> {
+pub(crate) fn cacheable_relations(statement: &Statement) -> Option<BTreeSet<String>> {
     if !matches!(statement, Statement::Query(_)) {
         return None;
     }
@@ -589,7 +589,7 @@ mod tests {
 /// the cursor, so a client that describes the cursor (psycopg's server-side cursors do) learns
 /// its columns instead of "no data" (which crashed psycopg's C implementation).
 #[derive(Debug)]
-pub struct DeclareCursor;
+pub(crate) struct DeclareCursor;
 
 type CursorStatement = (String, Option<(Statement, LogicalPlan)>);
 

@@ -25,7 +25,7 @@ use std::ops::ControlFlow;
 use std::sync::Arc;
 
 /// `'pg_catalog.array_in'::regproc` → `'array_in'`: the catalog's proc columns hold names.
-pub fn rewrite_text(sql: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn rewrite_text(sql: &str) -> std::borrow::Cow<'_, str> {
     if !sql.contains("::regproc") {
         return std::borrow::Cow::Borrowed(sql);
     }
@@ -68,7 +68,7 @@ fn reads_catalog(statement: &Statement) -> bool {
 }
 
 /// Apply the catalog rewrites; `true` when the statement changed.
-pub fn rewrite_statement(statement: &mut Statement) -> bool {
+pub(crate) fn rewrite_statement(statement: &mut Statement) -> bool {
     if !reads_catalog(statement) {
         return false;
     }
@@ -471,7 +471,7 @@ fn fold_literal(expr: &Expr, out: &mut String) -> Option<()> {
 }
 
 /// Functions PostgreSQL drivers call that neither DataFusion nor datafusion-postgres has.
-pub fn register_functions(ctx: &SessionContext, settings: Vec<(&'static str, String)>) {
+pub(crate) fn register_functions(ctx: &SessionContext, settings: Vec<(&'static str, String)>) {
     let settings = Arc::new(settings);
     ctx.register_udf(create_udf(
         "current_setting",

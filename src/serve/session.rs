@@ -89,7 +89,7 @@ struct Counters {
 }
 
 /// What every connection shares.
-pub struct Server {
+pub(crate) struct Server {
     engine: Arc<Engine>,
     hooks: Vec<Arc<dyn QueryHook>>,
     parser: Arc<GuardedParser>,
@@ -113,7 +113,7 @@ pub struct Server {
 impl Server {
     /// Prepare the shared session: tables are already registered in `engine`; add report
     /// views and table functions, `pg_catalog`, and PostgreSQL's `version()`.
-    pub async fn start(
+    pub(crate) async fn start(
         engine: Engine,
         tables: Vec<TableSpec>,
         reports: Vec<ReportDefinition>,
@@ -212,7 +212,7 @@ impl Server {
         Ok(server)
     }
 
-    pub fn note_refused(&self) {
+    pub(crate) fn note_refused(&self) {
         self.counters.refused.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -255,7 +255,7 @@ impl Server {
     }
 
     /// One line of the counters, for the log.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         self.stats_rows()
             .into_iter()
             .map(|(name, value)| format!("{name}={value}"))
@@ -595,7 +595,7 @@ impl TableFunctionImpl for ReportFunction {
 // ---------------------------------------------------------------------------------------------
 
 /// One authenticated connection's session (kept in pgwire's per-connection extensions).
-pub struct Connection {
+pub(crate) struct Connection {
     service: DfSessionService,
     cancel: watch::Receiver<u64>,
     key: (i32, Bytes),
@@ -664,7 +664,7 @@ impl OnAuthenticated for Opener {
 }
 
 /// The handlers pgwire asks for on each connection.
-pub struct Handlers {
+pub(crate) struct Handlers {
     server: Arc<Server>,
     queries: Arc<Queries>,
     cancel: Arc<Canceller>,
@@ -672,7 +672,7 @@ pub struct Handlers {
 }
 
 impl Handlers {
-    pub fn new(server: Arc<Server>) -> Handlers {
+    pub(crate) fn new(server: Arc<Server>) -> Handlers {
         Handlers {
             queries: Arc::new(Queries {
                 server: server.clone(),
@@ -746,12 +746,12 @@ impl CancelHandler for Canceller {
 }
 
 /// Connections over the limit get this: one clear error, then the socket closes.
-pub struct Refuse {
+pub(crate) struct Refuse {
     max: usize,
 }
 
 impl Refuse {
-    pub fn new(max: usize) -> Refuse {
+    pub(crate) fn new(max: usize) -> Refuse {
         Refuse { max }
     }
 }
@@ -795,7 +795,7 @@ impl PgWireServerHandlers for Refuse {
 
 /// datafusion-postgres's parser, with the guard's answer for SQL it cannot parse (`FROM
 /// '/etc/passwd'` is not PostgreSQL syntax, but the client should hear why it is refused).
-pub struct GuardedParser(Arc<Parser>);
+pub(crate) struct GuardedParser(Arc<Parser>);
 
 #[async_trait]
 impl pgwire::api::stmt::QueryParser for GuardedParser {

@@ -22,10 +22,10 @@ static TEMPORARIES: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Keeps a temporary file on the list of files deleted on an exhaustion exit; dropping it
 /// takes the file off the list (it was published or discarded).
-pub struct TemporaryGuard(PathBuf);
+pub(crate) struct TemporaryGuard(PathBuf);
 
 /// Put `path` on the list of files deleted if memory is refused before it is published.
-pub fn remove_on_exhaustion(path: &Path) -> TemporaryGuard {
+pub(crate) fn remove_on_exhaustion(path: &Path) -> TemporaryGuard {
     if let Ok(mut list) = TEMPORARIES.lock() {
         list.push(path.to_path_buf());
     }
@@ -55,7 +55,7 @@ pub(crate) fn remove_temporaries() {
 const RESOURCES: i32 = 7;
 
 /// The system allocator with a clean exit when memory is refused.
-pub struct ExitOnExhaustion;
+pub(crate) struct ExitOnExhaustion;
 
 // SAFETY: every call forwards to `System` with the caller's arguments unchanged.
 unsafe impl GlobalAlloc for ExitOnExhaustion {
@@ -89,7 +89,7 @@ static REPORTED: AtomicBool = AtomicBool::new(false);
 static EXITING: AtomicBool = AtomicBool::new(false);
 
 /// Called by `main` after it printed the error line.
-pub fn error_reported() {
+pub(crate) fn error_reported() {
     REPORTED.store(true, Ordering::SeqCst);
 }
 
@@ -140,7 +140,7 @@ const TRIM_THRESHOLD: i32 = 128 << 20;
 /// (interleaved medians); peak RSS was unchanged for q10 in memory and under 256 MiB and 1 GiB
 /// limits (see the README's defaults table). 32 MiB is glibc's own ceiling for its dynamic
 /// mmap threshold; larger thresholds raised q10's peak RSS by a fifth.
-pub fn tune_glibc_malloc(workers: usize) {
+pub(crate) fn tune_glibc_malloc(workers: usize) {
     if MALLOC_ENVIRONMENT
         .iter()
         .any(|name| std::env::var_os(name).is_some())

@@ -10,7 +10,7 @@
 use std::sync::Once;
 
 /// Resolves on the first Ctrl-C (SIGINT) or SIGTERM.
-pub async fn shutdown() {
+pub(crate) async fn shutdown() {
     let ctrl_c = tokio::signal::ctrl_c();
     match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(mut terminate) => {
@@ -26,7 +26,7 @@ pub async fn shutdown() {
 }
 
 /// Install the SIGBUS handler (once; called before the first file is mapped).
-pub fn catch_truncated_maps() {
+pub(crate) fn catch_truncated_maps() {
     static INSTALLED: Once = Once::new();
     INSTALLED.call_once(|| {
         // SAFETY: a zeroed sigaction with an empty mask and a handler that only calls
@@ -41,7 +41,7 @@ pub fn catch_truncated_maps() {
 }
 
 extern "C" fn on_truncated_map(_signal: libc::c_int) {
-    crate::allocator::remove_temporaries();
+    crate::process::allocator::remove_temporaries();
     let message: &[u8] = b"spillway: error: an input file shrank or became unreadable while it \
         was being read (SIGBUS on its memory map); rerun once nothing is writing the files\n";
     // SAFETY: write and _exit are async-signal-safe; the buffer is static.

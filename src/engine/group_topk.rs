@@ -55,7 +55,7 @@ const COMPACT_MIN_ROWS: usize = if cfg!(test) { 16 } else { 1 << 16 };
 
 /// Replaces the sort and window of a `row_number() <= k` query with [`GroupTopKExec`].
 #[derive(Debug, Default)]
-pub struct TopKPerGroup;
+pub(crate) struct TopKPerGroup;
 
 impl PhysicalOptimizerRule for TopKPerGroup {
     fn optimize(
@@ -81,7 +81,7 @@ impl PhysicalOptimizerRule for TopKPerGroup {
 
 impl TopKPerGroup {
     /// The rule's name, by which the conservative retry leaves it out.
-    pub const NAME: &'static str = "spillway_top_k_per_group";
+    pub(crate) const NAME: &'static str = "spillway_top_k_per_group";
 }
 
 fn with_group_topk(node: &Arc<dyn ExecutionPlan>) -> Result<Option<Arc<dyn ExecutionPlan>>> {
@@ -215,7 +215,7 @@ fn row_number_bound(predicate: &Arc<dyn PhysicalExpr>, column: usize) -> Option<
 /// passes the candidates on unnumbered, in no order. Memory: the groups, k keys per group and
 /// the input batches that still hold a candidate, reserved in the pool.
 #[derive(Debug)]
-pub struct GroupTopKExec {
+pub(crate) struct GroupTopKExec {
     input: Arc<dyn ExecutionPlan>,
     partition_by: Vec<Arc<dyn PhysicalExpr>>,
     order_by: Vec<PhysicalSortExpr>,
@@ -228,13 +228,13 @@ pub struct GroupTopKExec {
 /// (partition keys, then the window's order) and so its output's order properties, which
 /// the plan above may rely on (an outer `ORDER BY p, n` was removed as already satisfied).
 #[derive(Debug, Clone)]
-pub struct Numbering {
+pub(crate) struct Numbering {
     order: Vec<PhysicalSortExpr>,
     equivalence: EquivalenceProperties,
 }
 
 impl GroupTopKExec {
-    pub fn new(
+    pub(crate) fn new(
         input: Arc<dyn ExecutionPlan>,
         partition_by: Vec<Arc<dyn PhysicalExpr>>,
         order_by: Vec<PhysicalSortExpr>,

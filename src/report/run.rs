@@ -18,24 +18,24 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Everything a report run needs besides the report: engine settings, tables, history.
-pub struct ReportContext {
-    pub options: EngineOptions,
-    pub tables: Vec<TableSpec>,
-    pub reports: Vec<ReportDefinition>,
-    pub history: Arc<History>,
+pub(crate) struct ReportContext {
+    pub(crate) options: EngineOptions,
+    pub(crate) tables: Vec<TableSpec>,
+    pub(crate) reports: Vec<ReportDefinition>,
+    pub(crate) history: Arc<History>,
 }
 
 /// What a finished run published.
 #[derive(Debug, Clone)]
-pub struct RunSummary {
-    pub rows: u64,
-    pub bytes: u64,
-    pub output: String,
-    pub manifest: String,
+pub(crate) struct RunSummary {
+    pub(crate) rows: u64,
+    pub(crate) bytes: u64,
+    pub(crate) output: String,
+    pub(crate) manifest: String,
 }
 
 /// Parse `--at`: a date (midnight in the report's zone) or an RFC 3339 time.
-pub fn parse_at(report: &ReportDefinition, text: &str) -> Result<DateTime<Utc>> {
+pub(crate) fn parse_at(report: &ReportDefinition, text: &str) -> Result<DateTime<Utc>> {
     if let Ok(time) = DateTime::parse_from_rfc3339(text) {
         return Ok(time.with_timezone(&Utc));
     }
@@ -66,7 +66,7 @@ fn report_zone(report: &ReportDefinition) -> Result<chrono_tz::Tz> {
 }
 
 /// Run a report once and record it in the history (started, then succeeded or failed).
-pub async fn run_recorded(
+pub(crate) async fn run_recorded(
     context: &ReportContext,
     report: &ReportDefinition,
     values: &[(String, ParamValue)],
@@ -101,10 +101,9 @@ async fn run_once(
     run_id: i64,
 ) -> Result<RunSummary> {
     let in_report = |e: Error| e.context(format!("report `{}`", report.name));
-    let mut engine = Engine::new(context.options.clone())?;
-    for spec in &context.tables {
-        engine.register_table(spec).await.map_err(in_report)?;
-    }
+    let engine = Engine::open(context.options.clone(), &context.tables)
+        .await
+        .map_err(in_report)?;
     let plan = plan_report(&engine, report).await.map_err(in_report)?;
     let plan = bind_values(plan, values).map_err(in_report)?;
     let zone = report_zone(report)?;
@@ -160,7 +159,7 @@ async fn run_once(
 }
 
 /// Bind a report's parameter values into its plan as typed placeholders.
-pub fn bind_values(
+pub(crate) fn bind_values(
     plan: datafusion::logical_expr::LogicalPlan,
     values: &[(String, ParamValue)],
 ) -> Result<datafusion::logical_expr::LogicalPlan> {
@@ -179,7 +178,7 @@ fn report_with_template(report: &ReportDefinition, template: &str) -> ReportDefi
 }
 
 /// Plan a report's SQL: `SET` statements may come first, the last statement is the query.
-pub async fn plan_report(
+pub(crate) async fn plan_report(
     engine: &Engine,
     report: &ReportDefinition,
 ) -> Result<datafusion::logical_expr::LogicalPlan> {
@@ -242,7 +241,7 @@ fn destination(output: &str) -> Result<Destination> {
 
 /// The manifest's path: `_SUCCESS-<output file name>.json` beside the output. The `_` prefix
 /// keeps it out of any table that reads the output folder.
-pub fn manifest_path(output: &str) -> String {
+pub(crate) fn manifest_path(output: &str) -> String {
     match output.rsplit_once('/') {
         Some((folder, name)) => format!("{folder}/_SUCCESS-{name}.json"),
         None => format!("_SUCCESS-{output}.json"),
@@ -279,8 +278,8 @@ async fn publish_manifest(engine: &Engine, output: &str, manifest: &str) -> Resu
 }
 
 /// The scheduler's runner: each firing runs its report with default parameters, recorded.
-pub struct ReportRunner {
-    pub context: Arc<ReportContext>,
+pub(crate) struct ReportRunner {
+    pub(crate) context: Arc<ReportContext>,
 }
 
 #[async_trait::async_trait]
@@ -340,285 +339,5 @@ mod tests {
             manifest_path("s3://b/r/o.parquet"),
             "s3://b/r/_SUCCESS-o.parquet.json"
         );
-    }
-}
-
-/// The commands behind `spillway report ...` and `spillway schedule`.
-pub mod commands {
-    use super::*;
-    use crate::cli::{
-        self, ReportHistoryArgs, ReportNameArgs, ReportRunArgs, ReportSource, ReportValidateArgs,
-        ScheduleArgs, SqlArgs,
-    };
-    use crate::config::ConfigFile;
-    use crate::schedule::{CronSchedule, MissedRunPolicy, Scheduler, SystemClock};
-    use std::collections::HashMap;
-    use std::time::Duration;
-
-    const DEFAULT_FOLDER: &str = "queries";
-    const DEFAULT_HISTORY: &str = ".spillway/history.sqlite";
-    const DEFAULT_GRACE: Duration = Duration::from_secs(60);
-
-    /// Load the reports and open the history for a command.
-    pub fn context(
-        source: &ReportSource,
-        config: &ConfigFile,
-        options: EngineOptions,
-    ) -> Result<ReportContext> {
-        let folder = source
-            .queries
-            .clone()
-            .or_else(|| config.reports.folder.clone())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_FOLDER));
-        let reports = report::load_reports(&folder).map_err(Error::from)?;
-        let history_path = source
-            .history
-            .clone()
-            .or_else(|| config.reports.history.clone())
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_HISTORY));
-        if let Some(parent) = history_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| Error::Output(format!("cannot create {}: {e}", parent.display())))?;
-        }
-        let history = History::open(&history_path).map_err(Error::from)?;
-        let sql = SqlArgs {
-            sql: None,
-            file: None,
-            tables: source.tables.clone(),
-            table_formats: Vec::new(),
-            infer_rows: None,
-        };
-        Ok(ReportContext {
-            options,
-            tables: cli::table_specs(&sql, config)?,
-            reports,
-            history: Arc::new(history),
-        })
-    }
-
-    fn find<'a>(context: &'a ReportContext, name: &str) -> Result<&'a ReportDefinition> {
-        report::find_report(&context.reports, name).map_err(Error::from)
-    }
-
-    /// `report list`: name, schedule, next three fire times, description.
-    pub fn list(context: &ReportContext) -> Result<()> {
-        let now = Utc::now();
-        for report in &context.reports {
-            let schedule = match &report.schedule {
-                Some(spec) => {
-                    let cron = CronSchedule::parse(&spec.cron, &spec.timezone)
-                        .map_err(|e| Error::Config(format!("{}: {e}", report.path.display())))?;
-                    let next: Vec<String> = cron
-                        .upcoming(now, 3)
-                        .iter()
-                        .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                        .collect();
-                    format!(
-                        "{} ({}); next: {}",
-                        spec.cron,
-                        spec.timezone,
-                        next.join(", ")
-                    )
-                }
-                None => "not scheduled".to_string(),
-            };
-            println!(
-                "{}\t{}\t{}",
-                report.name,
-                schedule,
-                report.description.as_deref().unwrap_or("")
-            );
-        }
-        Ok(())
-    }
-
-    /// `report show NAME`.
-    pub fn show(context: &ReportContext, args: &ReportNameArgs) -> Result<()> {
-        let report = find(context, &args.name)?;
-        println!("name:        {}", report.name);
-        println!("file:        {}", report.path.display());
-        if let Some(description) = &report.description {
-            println!("description: {description}");
-        }
-        println!(
-            "output:      {}",
-            report
-                .output
-                .as_deref()
-                .unwrap_or("reports/{name}/{scheduled_date}.<format>")
-        );
-        println!("format:      {}", report.effective_format().as_str());
-        if let Some(spec) = &report.schedule {
-            println!("schedule:    {} ({})", spec.cron, spec.timezone);
-        }
-        println!("retries:     {}", report.retries);
-        if let Some(timeout) = report.timeout {
-            println!("timeout:     {}", crate::schedule::format_duration(timeout));
-        }
-        for param in &report.params {
-            let default = param
-                .default
-                .as_ref()
-                .map_or("(required)".to_string(), |v| v.to_string());
-            println!("param:       {} {} = {default}", param.name, param.kind);
-        }
-        println!("\n{}", report.sql.trim());
-        Ok(())
-    }
-
-    /// `report validate [NAME]`: parse and plan without executing.
-    pub async fn validate(context: &ReportContext, args: &ReportValidateArgs) -> Result<()> {
-        let mut engine = Engine::new(context.options.clone())?;
-        for spec in &context.tables {
-            engine.register_table(spec).await?;
-        }
-        let reports: Vec<&ReportDefinition> = match &args.name {
-            Some(name) => vec![find(context, name)?],
-            None => context.reports.iter().collect(),
-        };
-        for report in reports {
-            plan_report(&engine, report).await?;
-            println!("{}: ok", report.name);
-        }
-        Ok(())
-    }
-
-    /// `report run NAME`.
-    pub async fn run(context: &ReportContext, args: &ReportRunArgs) -> Result<()> {
-        let report = find(context, &args.name)?;
-        let given = args
-            .params
-            .iter()
-            .map(|pair| {
-                pair.split_once('=')
-                    .map(|(k, v)| (k.trim().to_string(), v.to_string()))
-                    .ok_or_else(|| Error::Usage(format!("--param `{pair}`: expected NAME=VALUE")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let values = report.bind(&given).map_err(Error::from)?;
-        let scheduled_for = match &args.at {
-            Some(text) => Some(parse_at(report, text)?),
-            None => None,
-        };
-        let running = run_recorded(context, report, &values, scheduled_for, 1);
-        let summary = match report.timeout {
-            Some(limit) => tokio::time::timeout(limit, running).await.map_err(|_| {
-                Error::ResourcesExhausted(format!(
-                    "report `{}` timed out after {}",
-                    report.name,
-                    crate::schedule::format_duration(limit)
-                ))
-            })??,
-            None => running.await?,
-        };
-        eprintln!(
-            "report {}: {} rows, {} → {} (manifest {})",
-            report.name,
-            summary.rows,
-            crate::stats::human_bytes(summary.bytes),
-            summary.output,
-            summary.manifest
-        );
-        Ok(())
-    }
-
-    /// `report history [NAME]`.
-    pub fn history(context: &ReportContext, args: &ReportHistoryArgs) -> Result<()> {
-        context.history.recover().map_err(Error::from)?;
-        let runs = context
-            .history
-            .list(args.name.as_deref(), args.limit)
-            .map_err(Error::from)?;
-        println!("id\treport\tscheduled_for\tstarted\tfinished\tattempt\tstatus\trows\tbytes\toutput\terror");
-        let time = |t: Option<DateTime<Utc>>| {
-            t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
-                .unwrap_or_default()
-        };
-        let number = |n: Option<u64>| n.map(|n| n.to_string()).unwrap_or_default();
-        for run in runs {
-            println!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
-                run.id,
-                run.report,
-                time(run.scheduled_for),
-                time(Some(run.started)),
-                time(run.finished),
-                run.attempt,
-                run.status,
-                number(run.rows),
-                number(run.bytes),
-                run.output.unwrap_or_default(),
-                run.error.unwrap_or_default()
-            );
-        }
-        Ok(())
-    }
-
-    /// `spillway schedule`: the daemon. Holds the history's lock, turns runs a killed daemon
-    /// left `running` into `incomplete`, then fires reports until SIGTERM or Ctrl-C.
-    pub async fn schedule(
-        context: ReportContext,
-        args: &ScheduleArgs,
-        config: &ConfigFile,
-    ) -> Result<()> {
-        let _lock = report::acquire_daemon_lock(context.history.path()).map_err(Error::from)?;
-        let recovered = context.history.recover().map_err(Error::from)?;
-        if recovered > 0 {
-            tracing::warn!(
-                "{recovered} runs left running by a stopped daemon are marked incomplete"
-            );
-        }
-        let policy_text = args
-            .missed_runs
-            .clone()
-            .or_else(|| config.reports.missed_runs.clone())
-            .unwrap_or_else(|| "run_latest".into());
-        let missed = match policy_text.as_str() {
-            "run_latest" => MissedRunPolicy::RunLatest,
-            "skip" => MissedRunPolicy::Skip,
-            other => {
-                return Err(Error::Usage(format!(
-                    "--missed-runs `{other}`: expected run_latest or skip"
-                )))
-            }
-        };
-        let grace = args
-            .grace
-            .or(config.reports.grace_seconds)
-            .map_or(DEFAULT_GRACE, Duration::from_secs);
-        let mut jobs = Vec::new();
-        let mut last_runs = HashMap::new();
-        for report in &context.reports {
-            let job = report
-                .job()
-                .map_err(|e| Error::Config(format!("{}: {e}", report.path.display())))?;
-            if let Some(job) = job {
-                if let Some(last) = context
-                    .history
-                    .last_scheduled(&report.name)
-                    .map_err(Error::from)?
-                {
-                    last_runs.insert(report.name.clone(), last);
-                }
-                jobs.push(job);
-            }
-        }
-        if jobs.is_empty() {
-            return Err(Error::Usage(
-                "no report has a schedule: nothing to do".into(),
-            ));
-        }
-        eprintln!(
-            "spillway schedule: {} scheduled reports; stop with Ctrl-C or SIGTERM",
-            jobs.len()
-        );
-        let runner = Arc::new(ReportRunner {
-            context: Arc::new(context),
-        });
-        let scheduler = Scheduler::new(jobs, Arc::new(SystemClock), runner, missed);
-        scheduler
-            .run(last_runs, crate::signal::shutdown(), grace)
-            .await;
-        Ok(())
     }
 }

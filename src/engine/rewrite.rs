@@ -47,7 +47,7 @@ const DECOMPOSABLE: &[&str] = &["count", "sum", "min", "max"];
 /// An optimizer rule that rewrites each aggregation of a plan with one function: the shape
 /// every aggregation rewrite here (and in `group_keys`) shares.
 #[derive(Debug, Clone, Copy)]
-pub struct AggregateRewrite {
+pub(crate) struct AggregateRewrite {
     name: &'static str,
     order: ApplyOrder,
     rewrite: fn(&Aggregate) -> Result<Option<LogicalPlan>>,
@@ -56,7 +56,7 @@ pub struct AggregateRewrite {
 impl AggregateRewrite {
     /// A rule called `name` that visits the plan in `order` and replaces each aggregation for
     /// which `rewrite` gives a plan.
-    pub const fn new(
+    pub(crate) const fn new(
         name: &'static str,
         order: ApplyOrder,
         rewrite: fn(&Aggregate) -> Result<Option<LogicalPlan>>,
@@ -100,7 +100,7 @@ impl OptimizerRule for AggregateRewrite {
 /// Rewrites `SELECT g, count(DISTINCT x), sum(y), count(*) … GROUP BY g` into
 /// `SELECT g, count(x), sum(s), coalesce(sum(c), 0) FROM (SELECT g, x, sum(y) s, count(*) c …
 /// GROUP BY g, x) GROUP BY g`, with the original names and types restored on top.
-pub const TWO_LEVEL_DISTINCT: AggregateRewrite = AggregateRewrite::new(
+pub(crate) const TWO_LEVEL_DISTINCT: AggregateRewrite = AggregateRewrite::new(
     "spillway_two_level_distinct",
     ApplyOrder::TopDown,
     two_level,
@@ -229,7 +229,7 @@ fn aggregate_call(func: &Arc<datafusion::logical_expr::AggregateUDF>, args: Vec<
 
 /// Puts a [`ReservedInputExec`] under every `WindowAggExec`.
 #[derive(Debug, Default)]
-pub struct AccountWindowInput;
+pub(crate) struct AccountWindowInput;
 
 impl PhysicalOptimizerRule for AccountWindowInput {
     fn optimize(
@@ -267,7 +267,7 @@ impl PhysicalOptimizerRule for AccountWindowInput {
 /// spill) becomes a full sort, which spills, under a per-partition limit. The merge above a
 /// multi-partition sort keeps its own fetch, so the result is the same.
 #[derive(Debug, Default)]
-pub struct FullSortInsteadOfTopK;
+pub(crate) struct FullSortInsteadOfTopK;
 
 impl PhysicalOptimizerRule for FullSortInsteadOfTopK {
     fn optimize(
@@ -302,13 +302,13 @@ impl PhysicalOptimizerRule for FullSortInsteadOfTopK {
 /// input (and drops its input stream only when it is done), this makes that operator's
 /// buffering visible to the pool.
 #[derive(Debug)]
-pub struct ReservedInputExec {
+pub(crate) struct ReservedInputExec {
     input: Arc<dyn ExecutionPlan>,
     consumer: &'static str,
 }
 
 impl ReservedInputExec {
-    pub fn new(input: Arc<dyn ExecutionPlan>, consumer: &'static str) -> Self {
+    pub(crate) fn new(input: Arc<dyn ExecutionPlan>, consumer: &'static str) -> Self {
         Self { input, consumer }
     }
 }

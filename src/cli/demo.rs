@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gen::{self, ClaimsOptions, GenFormat};
 use crate::output::{Destination, OutputFormat, OutputSpec};
 use crate::query::{self, RunOptions};
-use crate::{report, reporting};
+use crate::report::{self, run as reporting};
 use std::path::{Path, PathBuf};
 
 /// Files the sample claims are split into: several, so scans run in parallel.
@@ -20,7 +20,7 @@ const DEMO_FILES: usize = 4;
 const COMPLETE_MARKER: &str = "_COMPLETE";
 
 /// Run the demo.
-pub async fn run(
+pub(crate) async fn run(
     args: &DemoArgs,
     _config: &ConfigFile,
     options: EngineOptions,
@@ -33,10 +33,9 @@ pub async fn run(
         .unwrap_or_else(default_cache)
         .join(format!("demo-claims-{}", args.rows));
     ensure_sample(&data, args.rows, options.workers, progress).await?;
-    let mut engine = Engine::new(options)?;
     let mut spec = TableSpec::at("claims", &data.join("*.csv").to_string_lossy());
     spec.schema = Some(gen::claims_schema());
-    engine.register_table(&spec).await?;
+    let engine = Engine::open(options, &[spec]).await?;
     let run_options = RunOptions {
         output: OutputSpec {
             format: OutputFormat::Table,
@@ -150,7 +149,7 @@ async fn ensure_sample(folder: &Path, rows: u64, workers: usize, progress: bool)
 
 /// A generator failure as a user-facing error: bad options are usage errors, the rest are
 /// failures to write the output.
-pub fn gen_error(error: gen::GenError) -> Error {
+pub(crate) fn gen_error(error: gen::GenError) -> Error {
     match error {
         gen::GenError::InvalidOption { .. } => Error::Usage(error.to_string()),
         other => Error::Output(other.to_string()),

@@ -41,7 +41,7 @@ use datafusion::prelude::SessionContext;
 use std::sync::Arc;
 
 /// Register the faster implementations in `ctx`, replacing the built-ins of the same names.
-pub fn register(ctx: &SessionContext) {
+pub(crate) fn register(ctx: &SessionContext) {
     ctx.register_udaf(AggregateUDF::new_from_impl(FastCorrelation::default()));
     ctx.register_udaf(AggregateUDF::new_from_impl(FastMedian::default()));
 }
@@ -54,7 +54,7 @@ fn passes(filter: Option<&BooleanArray>, row: usize) -> bool {
 /// A built-in aggregate function with a grouped accumulator of Spillway's: `create` makes it
 /// (or falls back to the built-in's); everything else is the built-in's.
 #[derive(Debug)]
-pub struct FasterGroups<B> {
+pub(crate) struct FasterGroups<B> {
     builtin: B,
     create: fn(&B, AccumulatorArgs) -> Result<Box<dyn GroupsAccumulator>>,
 }
@@ -112,7 +112,7 @@ impl<B: AggregateUDFImpl + PartialEq + Eq + std::hash::Hash> AggregateUDFImpl fo
 }
 
 /// `corr` with [`CorrelationGroups`] as its grouped accumulator.
-pub type FastCorrelation = FasterGroups<Correlation>;
+pub(crate) type FastCorrelation = FasterGroups<Correlation>;
 
 impl Default for FastCorrelation {
     fn default() -> Self {
@@ -265,7 +265,7 @@ impl GroupsAccumulator for CorrelationGroups {
 
 /// `median` with [`MedianGroups`] as its grouped accumulator for Float32, Float64 and
 /// Decimal128 input; other types keep DataFusion's.
-pub type FastMedian = FasterGroups<Median>;
+pub(crate) type FastMedian = FasterGroups<Median>;
 
 impl Default for FastMedian {
     fn default() -> Self {

@@ -15,7 +15,7 @@
 //! Must not change results: the rewrite keeps the aggregate's output names, qualifiers and types,
 //! and applies only where packing is lossless (no NULLs, every bit of every column kept).
 
-use crate::rewrite::AggregateRewrite;
+use crate::engine::rewrite::AggregateRewrite;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use datafusion::arrow::datatypes::ArrowNativeType;
 use datafusion::arrow::datatypes::{
@@ -37,7 +37,7 @@ const PACKED_KEY: &str = "__spillway_packed_key";
 /// Rewrites an aggregation grouped by two or more non-nullable integer columns that fit in 64
 /// bits together into one grouped by their packed key and its other group columns (see the
 /// module doc).
-pub const PACK_INTEGER_KEYS: AggregateRewrite =
+pub(crate) const PACK_INTEGER_KEYS: AggregateRewrite =
     AggregateRewrite::new("spillway_pack_integer_keys", ApplyOrder::BottomUp, packed);
 
 /// Where one group column sits in the packed key.

@@ -59,10 +59,10 @@ const READ_CHUNK: usize = 1 << 20;
 ///
 /// It runs after DataFusion's own rules, when projections are already pushed into the scan.
 #[derive(Debug, Default)]
-pub struct FastCsvScan;
+pub(crate) struct FastCsvScan;
 
 impl FastCsvScan {
-    pub const NAME: &'static str = "spillway_fast_csv_scan";
+    pub(crate) const NAME: &'static str = "spillway_fast_csv_scan";
 }
 
 impl PhysicalOptimizerRule for FastCsvScan {
@@ -143,7 +143,7 @@ fn plain_type(data_type: &DataType) -> bool {
 /// DataFusion's `CsvSource` with the plain decoder behind its opener. Everything but opening a
 /// file is the wrapped source's (its projection, metrics, display), so plans read the same.
 #[derive(Clone)]
-pub struct FastCsvSource {
+pub(crate) struct FastCsvSource {
     inner: CsvSource,
     /// `CsvSource` keeps its batch size private; it is recorded here as it passes through.
     batch_size: Option<usize>,
@@ -384,7 +384,7 @@ fn read_batches(
 /// Bytes are buffered up to `batch_size` whole lines; [`Decoder::flush`] splits and parses
 /// them. A quote or a carriage return in the input hands the stream over to arrow-csv.
 #[derive(Debug)]
-pub struct PlainCsvDecoder {
+pub(crate) struct PlainCsvDecoder {
     settings: Arc<PlainCsv>,
     /// The header line is still to be skipped.
     header_pending: bool,
