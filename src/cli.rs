@@ -2,7 +2,6 @@
 //! `SPILLWAY_*` variables, the config file) into validated, typed options for the modules that
 //! do the work. Flag handlers only validate; doing happens in `query`, `gen` and `demo`.
 
-
 pub(crate) mod demo;
 pub(crate) mod gen;
 pub(crate) mod options;

@@ -379,7 +379,6 @@ pub(crate) fn single_byte(key: &str, value: &str) -> Result<u8> {
 mod tests {
     use super::*;
 
-
     #[test]
     fn memory_limit_accepts_a_share_of_the_machine() {
         assert_eq!(MemoryLimit::parse("50%"), Ok(MemoryLimit::Fraction(0.5)));

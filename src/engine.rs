@@ -7,7 +7,6 @@
 //! statements and statements into running, streaming plans. It must not know about output
 //! formats: callers pull `RecordBatch`es from [`RunningQuery::stream`].
 
-
 pub(crate) mod aggregate;
 pub(crate) mod csv_scan;
 pub(crate) mod group_keys;
@@ -15,15 +14,14 @@ pub(crate) mod group_topk;
 pub(crate) mod memory;
 pub(crate) mod rewrite;
 
-use memory::{pool_size, spill_merge_fan_in, CappedPool, PeakPool, DEFAULT_MEMORY_FRACTION};
 use crate::catalog::{self, RegisteredTable, TableSpec};
 use crate::config::S3Settings;
 use crate::engine::csv_scan::FastCsvScan;
-use crate::error::{Error, Result};
 use crate::engine::group_keys::PACK_INTEGER_KEYS;
 use crate::engine::group_topk::TopKPerGroup;
-use crate::output::ObjectTarget;
 use crate::engine::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TWO_LEVEL_DISTINCT};
+use crate::error::{Error, Result};
+use crate::output::ObjectTarget;
 use crate::storage::{self, Location, StoreCounters};
 use datafusion::common::config::SpillCompression;
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -37,6 +35,7 @@ use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
+use memory::{pool_size, spill_merge_fan_in, CappedPool, PeakPool, DEFAULT_MEMORY_FRACTION};
 use object_store::ObjectStore;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -292,7 +291,10 @@ impl Engine {
 
     /// Bind named parameter values (`$name` placeholders) into a plan: values travel as typed
     /// scalars, never as SQL text, so a value cannot change what the statement does.
-    pub(crate) fn bind(plan: LogicalPlan, values: Vec<(String, ScalarValue)>) -> Result<LogicalPlan> {
+    pub(crate) fn bind(
+        plan: LogicalPlan,
+        values: Vec<(String, ScalarValue)>,
+    ) -> Result<LogicalPlan> {
         let map: HashMap<String, ScalarAndMetadata> = values
             .into_iter()
             .map(|(name, value)| (name, value.into()))

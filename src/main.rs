@@ -29,17 +29,18 @@ mod stats;
 mod storage;
 mod units;
 
-use clap::Parser;
+use crate::cli::demo;
+use crate::cli::gen::{gen_blocking, generate_claims, generate_h2o};
 use crate::cli::{Cli, Command, GenCommand};
 use crate::config::ConfigFile;
 use crate::engine::EngineOptions;
 use crate::error::{Error, Result};
-use crate::cli::gen::{gen_blocking, generate_claims, generate_h2o};
-use crate::cli::demo;
+use clap::Parser;
 use std::process::ExitCode;
 
 #[global_allocator]
-static ALLOCATOR: crate::process::allocator::ExitOnExhaustion = crate::process::allocator::ExitOnExhaustion;
+static ALLOCATOR: crate::process::allocator::ExitOnExhaustion =
+    crate::process::allocator::ExitOnExhaustion;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

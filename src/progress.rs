@@ -5,8 +5,8 @@
 //! query's hot path does no progress work at all.
 
 use crate::stats::PlanTotals;
-use crate::units::human_bytes;
 use crate::storage::StoreCounters;
+use crate::units::human_bytes;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::ExecutionPlan;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};

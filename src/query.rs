@@ -108,7 +108,15 @@ pub(crate) async fn run_statement(
     let mut sink = Sink::open(&options.output, schema, object).await?;
     let bytes_before = engine.counters().bytes();
     let requests_before = engine.counters().requests();
-    let done = match attempt(engine, plan.clone(), &mut sink, options, ExecutionMode::Fast).await {
+    let done = match attempt(
+        engine,
+        plan.clone(),
+        &mut sink,
+        options,
+        ExecutionMode::Fast,
+    )
+    .await
+    {
         Err(Failure::BeforeOutput(Error::ResourcesExhausted(message))) => {
             tracing::warn!(
                 "the memory limit was reached ({}); running the query again with a plan that \
@@ -117,7 +125,14 @@ pub(crate) async fn run_statement(
             );
             // The failed plan's tasks stop asynchronously; let them hand their memory back.
             engine.wait_for_released_memory().await;
-            attempt(engine, plan, &mut sink, options, ExecutionMode::Conservative).await
+            attempt(
+                engine,
+                plan,
+                &mut sink,
+                options,
+                ExecutionMode::Conservative,
+            )
+            .await
         }
         other => other,
     };

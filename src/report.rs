@@ -28,7 +28,6 @@
 //! placeholder value). The SQL text is never edited or spliced with values here: a value like
 //! `'; DROP TABLE x; --` stays a value.
 
-
 pub(crate) mod run;
 
 use crate::schedule::CronSchedule;
@@ -463,7 +462,10 @@ fn find_header(text: &str) -> Result<Option<HeaderLayout>, (usize, String)> {
 }
 
 /// Parse a `.sql` file's text. `Ok(None)` when it has no report header (a plain query).
-pub(crate) fn parse_report(path: &Path, text: &str) -> Result<Option<ReportDefinition>, ReportError> {
+pub(crate) fn parse_report(
+    path: &Path,
+    text: &str,
+) -> Result<Option<ReportDefinition>, ReportError> {
     let layout = match find_header(text) {
         Ok(Some(layout)) => layout,
         Ok(None) => return Ok(None),
@@ -972,7 +974,9 @@ impl ReportDefinition {
 
     /// The scheduler's job for this report, if it has a schedule: its cron in its zone, its
     /// retries (with the default backoff) and its timeout. Building the job schedules nothing.
-    pub(crate) fn job(&self) -> Result<Option<crate::schedule::Job>, crate::schedule::ScheduleError> {
+    pub(crate) fn job(
+        &self,
+    ) -> Result<Option<crate::schedule::Job>, crate::schedule::ScheduleError> {
         let Some(spec) = &self.schedule else {
             return Ok(None);
         };
@@ -1266,7 +1270,13 @@ impl History {
     }
 
     /// Mark a run succeeded with what it wrote.
-    pub(crate) fn succeed(&self, id: i64, rows: u64, bytes: u64, output: &str) -> Result<(), ReportError> {
+    pub(crate) fn succeed(
+        &self,
+        id: i64,
+        rows: u64,
+        bytes: u64,
+        output: &str,
+    ) -> Result<(), ReportError> {
         let rows = i64::try_from(rows)
             .map_err(|_| self.error(format!("run {id}: row count too large")))?;
         let bytes = i64::try_from(bytes)
@@ -1363,7 +1373,11 @@ impl History {
     }
 
     /// The newest `limit` runs (of one report, or of all), newest first.
-    pub(crate) fn list(&self, report: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, ReportError> {
+    pub(crate) fn list(
+        &self,
+        report: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>, ReportError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let connection = self.connection();
         let mut statement = connection
@@ -1384,7 +1398,10 @@ impl History {
     }
 
     /// The latest `scheduled_for` of any run of `report` (whatever its status), for catch-up.
-    pub(crate) fn last_scheduled(&self, report: &str) -> Result<Option<DateTime<Utc>>, ReportError> {
+    pub(crate) fn last_scheduled(
+        &self,
+        report: &str,
+    ) -> Result<Option<DateTime<Utc>>, ReportError> {
         let latest: Option<String> = self
             .connection()
             .query_row(
@@ -2077,7 +2094,6 @@ WHERE fill_date >= $month AND array_has($states, member_state)
             "CA,NY"
         );
     }
-
 
     #[test]
     fn render_output_fills_every_placeholder_and_sanitises() {

@@ -154,7 +154,11 @@ impl CronSchedule {
     }
 
     /// The latest fire time in `(since, now]`, if any: what a catch-up after downtime runs.
-    pub(crate) fn latest_missed(&self, since: DateTime<Utc>, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn latest_missed(
+        &self,
+        since: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Option<DateTime<Utc>> {
         if now <= since {
             return None;
         }
@@ -931,7 +935,6 @@ mod tests {
         assert_eq!(delays, [10, 20, 25, 25]);
         assert_eq!(policy.delay_after(200), Duration::from_secs(25));
     }
-
 
     // ----- ManualClock -----
 

@@ -126,7 +126,6 @@ impl fmt::Display for QueryStats {
 mod tests {
     use super::*;
 
-
     #[test]
     fn peak_rss_is_read_from_the_kernel() {
         assert!(peak_rss() > 0);

@@ -20,7 +20,11 @@ fn gen_format(format: GenFormatArg) -> GenFormat {
     }
 }
 
-pub(crate) fn generate_claims(args: &GenClaimsArgs, workers: usize, show_progress: bool) -> Result<()> {
+pub(crate) fn generate_claims(
+    args: &GenClaimsArgs,
+    workers: usize,
+    show_progress: bool,
+) -> Result<()> {
     let options = ClaimsOptions {
         rows: args.rows,
         files: args.files,

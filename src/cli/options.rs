@@ -5,16 +5,16 @@
 
 use super::*;
 use crate::catalog::{TableFormat, TableSpec, DEFAULT_INFER_ROWS};
+use crate::config::ServerSection;
 use crate::config::{ConfigFile, MemoryLimit};
 use crate::engine::{parse_spill_compression, EngineOptions};
 use crate::error::{Error, Result};
 use crate::output::{Destination, OutputFormat, OutputSpec};
-use crate::units::parse_size;
-use crate::config::ServerSection;
 use crate::serve::{
     ServeOptions, Verifier, DEFAULT_CACHE_SIZE, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_QUERY_MEMORY_SHARE, DEFAULT_STATEMENT_TIMEOUT,
 };
+use crate::units::parse_size;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -225,126 +225,129 @@ pub(crate) fn output_spec(args: &QueryArgs) -> Result<OutputSpec> {
 
 /// The server settings: `serve`'s flags over `[server]` over defaults; `pool` is the engine's
 /// memory pool in bytes (what `--query-memory 25%` is a share of).
-pub(crate) fn serve_options(args: &ServeArgs, section: &ServerSection, pool: u64) -> Result<ServeOptions> {
+pub(crate) fn serve_options(
+    args: &ServeArgs,
+    section: &ServerSection,
+    pool: u64,
+) -> Result<ServeOptions> {
     let listen_text = pick(&args.listen, &section.listen, "--listen", "server.listen");
-        let listen = match &listen_text {
-            Some((text, origin)) => text.parse::<SocketAddr>().map_err(|_| {
-                origin.error(format!("`{text}` is not HOST:PORT such as 127.0.0.1:5432 (an IP address, not a name)"))
-            })?,
-            None => DEFAULT_LISTEN
-                .parse()
-                .map_err(|_| Error::Internal("bad default listen address".into()))?,
-        };
-        let max_connections = args
-            .max_connections
-            .or(section.max_connections)
-            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
-        if max_connections == 0 {
-            return Err(Error::Usage(
-                "--max-connections / server.max_connections: must be at least 1".into(),
-            ));
+    let listen = match &listen_text {
+        Some((text, origin)) => text.parse::<SocketAddr>().map_err(|_| {
+            origin.error(format!(
+                "`{text}` is not HOST:PORT such as 127.0.0.1:5432 (an IP address, not a name)"
+            ))
+        })?,
+        None => DEFAULT_LISTEN
+            .parse()
+            .map_err(|_| Error::Internal("bad default listen address".into()))?,
+    };
+    let max_connections = args
+        .max_connections
+        .or(section.max_connections)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    if max_connections == 0 {
+        return Err(Error::Usage(
+            "--max-connections / server.max_connections: must be at least 1".into(),
+        ));
+    }
+    let statement_timeout = match pick(
+        &args.statement_timeout,
+        &section.statement_timeout,
+        "--statement-timeout",
+        "server.statement_timeout",
+    ) {
+        Some((text, _)) if text.trim() == "0" => None,
+        Some((text, origin)) => {
+            Some(crate::units::parse_duration(text).map_err(|e| origin.error(e))?)
         }
-        let statement_timeout = match pick(
-            &args.statement_timeout,
-            &section.statement_timeout,
-            "--statement-timeout",
-            "server.statement_timeout",
-        ) {
-            Some((text, _)) if text.trim() == "0" => None,
-            Some((text, origin)) => {
-                Some(crate::units::parse_duration(text).map_err(|e| origin.error(e))?)
-            }
-            None => Some(DEFAULT_STATEMENT_TIMEOUT),
-        };
-        let query_memory = match pick(
-            &args.query_memory,
-            &section.query_memory,
-            "--query-memory",
-            "server.query_memory",
-        ) {
-            Some((text, origin)) => {
-                let limit = crate::config::MemoryLimit::parse(text)
-                    .map_err(|e| origin.error(e))?;
-                limit.resolve(pool)
-            }
-            None => (pool as f64 * DEFAULT_QUERY_MEMORY_SHARE) as u64,
-        };
-        let cache_size = match pick(
-            &args.cache_size,
-            &section.cache_size,
-            "--cache-size",
-            "server.cache_size",
-        ) {
-            Some((text, _)) if text.trim() == "0" => 0,
-            Some((text, origin)) => {
-                crate::units::parse_size(text).map_err(|e| origin.error(e))?
-            }
-            // Cached results are reserved in the pool: at most an eighth of it by default.
-            None => DEFAULT_CACHE_SIZE.min(pool / 8),
-        };
-        let cert = args.tls_cert.clone().or_else(|| section.tls_cert.clone());
-        let key = args.tls_key.clone().or_else(|| section.tls_key.clone());
-        let tls = match (cert, key) {
-            (Some(cert), Some(key)) => Some((cert, key)),
-            (None, None) => None,
-            _ => {
-                return Err(Error::Config(
-                    "server.tls_cert and server.tls_key go together: give both or neither".into(),
-                ))
-            }
-        };
-        let require_tls = section.require_tls.unwrap_or(tls.is_some());
-        if require_tls && tls.is_none() {
+        None => Some(DEFAULT_STATEMENT_TIMEOUT),
+    };
+    let query_memory = match pick(
+        &args.query_memory,
+        &section.query_memory,
+        "--query-memory",
+        "server.query_memory",
+    ) {
+        Some((text, origin)) => {
+            let limit = crate::config::MemoryLimit::parse(text).map_err(|e| origin.error(e))?;
+            limit.resolve(pool)
+        }
+        None => (pool as f64 * DEFAULT_QUERY_MEMORY_SHARE) as u64,
+    };
+    let cache_size = match pick(
+        &args.cache_size,
+        &section.cache_size,
+        "--cache-size",
+        "server.cache_size",
+    ) {
+        Some((text, _)) if text.trim() == "0" => 0,
+        Some((text, origin)) => crate::units::parse_size(text).map_err(|e| origin.error(e))?,
+        // Cached results are reserved in the pool: at most an eighth of it by default.
+        None => DEFAULT_CACHE_SIZE.min(pool / 8),
+    };
+    let cert = args.tls_cert.clone().or_else(|| section.tls_cert.clone());
+    let key = args.tls_key.clone().or_else(|| section.tls_key.clone());
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
             return Err(Error::Config(
-                "server.require_tls = true needs server.tls_cert and server.tls_key".into(),
-            ));
+                "server.tls_cert and server.tls_key go together: give both or neither".into(),
+            ))
         }
-        let mut users = HashMap::new();
-        for (name, user) in &section.users {
-            let key = format!("server.users.{name}");
-            let verifier = match (&user.scram, &user.password_env) {
-                (Some(text), None) => Verifier::parse(text.expose())
-                    .map_err(|e| Error::Config(format!("{key}.scram: {e}")))?,
-                (None, Some(variable)) => {
-                    let password = std::env::var(variable).map_err(|_| {
-                        Error::Config(format!(
-                            "{key}.password_env: the environment variable `{variable}` is not set"
-                        ))
-                    })?;
-                    if password.is_empty() {
-                        return Err(Error::Config(format!(
-                            "{key}.password_env: the environment variable `{variable}` is empty"
-                        )));
-                    }
-                    Verifier::from_password(&password)
-                        .map_err(|e| Error::Internal(format!("{key}: {e}")))?
-                }
-                _ => {
+    };
+    let require_tls = section.require_tls.unwrap_or(tls.is_some());
+    if require_tls && tls.is_none() {
+        return Err(Error::Config(
+            "server.require_tls = true needs server.tls_cert and server.tls_key".into(),
+        ));
+    }
+    let mut users = HashMap::new();
+    for (name, user) in &section.users {
+        let key = format!("server.users.{name}");
+        let verifier = match (&user.scram, &user.password_env) {
+            (Some(text), None) => Verifier::parse(text.expose())
+                .map_err(|e| Error::Config(format!("{key}.scram: {e}")))?,
+            (None, Some(variable)) => {
+                let password = std::env::var(variable).map_err(|_| {
+                    Error::Config(format!(
+                        "{key}.password_env: the environment variable `{variable}` is not set"
+                    ))
+                })?;
+                if password.is_empty() {
                     return Err(Error::Config(format!(
-                        "{key}: give exactly one of `scram` (a verifier from `spillway password`) \
-                         or `password_env`"
-                    )))
+                        "{key}.password_env: the environment variable `{variable}` is empty"
+                    )));
                 }
-            };
-            users.insert(name.clone(), verifier);
-        }
-        if users.is_empty() && !listen.ip().is_loopback() {
-            return Err(Error::Config(format!(
-                "refusing to listen on {listen} without authentication: it is not a loopback \
+                Verifier::from_password(&password)
+                    .map_err(|e| Error::Internal(format!("{key}: {e}")))?
+            }
+            _ => {
+                return Err(Error::Config(format!(
+                    "{key}: give exactly one of `scram` (a verifier from `spillway password`) \
+                         or `password_env`"
+                )))
+            }
+        };
+        users.insert(name.clone(), verifier);
+    }
+    if users.is_empty() && !listen.ip().is_loopback() {
+        return Err(Error::Config(format!(
+            "refusing to listen on {listen} without authentication: it is not a loopback \
                  address; add users under [server.users.NAME] (see `spillway password`) or \
                  listen on 127.0.0.1"
-            )));
-        }
-        Ok(ServeOptions {
-            listen,
-            max_connections,
-            statement_timeout,
-            query_memory: usize::try_from(query_memory.max(1 << 20)).unwrap_or(usize::MAX),
-            cache_size: usize::try_from(cache_size).unwrap_or(usize::MAX),
-            tls,
-            require_tls,
-            users,
-        })
+        )));
+    }
+    Ok(ServeOptions {
+        listen,
+        max_connections,
+        statement_timeout,
+        query_memory: usize::try_from(query_memory.max(1 << 20)).unwrap_or(usize::MAX),
+        cache_size: usize::try_from(cache_size).unwrap_or(usize::MAX),
+        tls,
+        require_tls,
+        users,
+    })
 }
 
 /// Where reports live: `--queries` over `[reports] folder` over `queries`.

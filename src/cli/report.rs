@@ -1,21 +1,21 @@
 //! The commands behind `spillway report ...` and `spillway schedule`: load the reports, open
 //! the history, call `report::run`, and print what happened. Must not plan or run SQL itself.
 
+use crate::cli::options;
+use crate::cli::{
+    ReportCommand, ReportHistoryArgs, ReportNameArgs, ReportRunArgs, ReportSource,
+    ReportValidateArgs, ScheduleArgs,
+};
+use crate::config::ConfigFile;
+use crate::engine::Engine;
 use crate::engine::EngineOptions;
 use crate::error::{Error, Result};
 use crate::report::run::*;
 use crate::report::{self, History, ReportDefinition};
-use chrono::{DateTime, Utc};
-use crate::engine::Engine;
-use std::sync::Arc;
-use crate::cli::{
-    ReportCommand, ReportHistoryArgs, ReportNameArgs, ReportRunArgs, ReportSource, ReportValidateArgs,
-    ScheduleArgs,
-};
-use crate::cli::options;
-use crate::config::ConfigFile;
 use crate::schedule::{CronSchedule, MissedRunPolicy, Scheduler, SystemClock};
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 const DEFAULT_GRACE: Duration = Duration::from_secs(60);
@@ -27,21 +27,13 @@ pub(crate) async fn dispatch(
     options: EngineOptions,
 ) -> Result<()> {
     match command {
-        ReportCommand::List(args) => {
-            list(&context(&args.source, config, options)?)
-        }
-        ReportCommand::Show(args) => {
-            show(&context(&args.source, config, options)?, &args)
-        }
+        ReportCommand::List(args) => list(&context(&args.source, config, options)?),
+        ReportCommand::Show(args) => show(&context(&args.source, config, options)?, &args),
         ReportCommand::Validate(args) => {
             validate(&context(&args.source, config, options)?, &args).await
         }
-        ReportCommand::Run(args) => {
-            run(&context(&args.source, config, options)?, &args).await
-        }
-        ReportCommand::History(args) => {
-            history(&context(&args.source, config, options)?, &args)
-        }
+        ReportCommand::Run(args) => run(&context(&args.source, config, options)?, &args).await,
+        ReportCommand::History(args) => history(&context(&args.source, config, options)?, &args),
     }
 }
 
@@ -197,7 +189,9 @@ pub(crate) fn history(context: &ReportContext, args: &ReportHistoryArgs) -> Resu
         .history
         .list(args.name.as_deref(), args.limit)
         .map_err(Error::from)?;
-    println!("id\treport\tscheduled_for\tstarted\tfinished\tattempt\tstatus\trows\tbytes\toutput\terror");
+    println!(
+        "id\treport\tscheduled_for\tstarted\tfinished\tattempt\tstatus\trows\tbytes\toutput\terror"
+    );
     let time = |t: Option<DateTime<Utc>>| {
         t.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
             .unwrap_or_default()
@@ -232,9 +226,7 @@ pub(crate) async fn schedule(
     let _lock = report::acquire_daemon_lock(context.history.path()).map_err(Error::from)?;
     let recovered = context.history.recover().map_err(Error::from)?;
     if recovered > 0 {
-        tracing::warn!(
-            "{recovered} runs left running by a stopped daemon are marked incomplete"
-        );
+        tracing::warn!("{recovered} runs left running by a stopped daemon are marked incomplete");
     }
     let policy_text = args
         .missed_runs

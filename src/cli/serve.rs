@@ -7,7 +7,11 @@ use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
 
 /// `serve`: register the tables, load the reports, and serve until SIGTERM (exit 0).
-pub(crate) async fn serve(args: ServeArgs, config: &ConfigFile, options: EngineOptions) -> Result<()> {
+pub(crate) async fn serve(
+    args: ServeArgs,
+    config: &ConfigFile,
+    options: EngineOptions,
+) -> Result<()> {
     let specs = options::table_specs_from(&args.tables, &[], None, config)?;
     let folder = options::reports_folder(args.queries.as_deref(), config);
     let reports = if folder.is_dir() || args.queries.is_some() {

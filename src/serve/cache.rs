@@ -169,7 +169,9 @@ impl Inner {
 }
 
 /// A fingerprint of a set of files: order-independent of how the listing came back.
-pub(crate) fn fingerprint_files<'a>(files: impl IntoIterator<Item = &'a object_store::ObjectMeta>) -> u64 {
+pub(crate) fn fingerprint_files<'a>(
+    files: impl IntoIterator<Item = &'a object_store::ObjectMeta>,
+) -> u64 {
     let mut parts: Vec<String> = files
         .into_iter()
         .map(|meta| {
