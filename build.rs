@@ -21,10 +21,15 @@ fn main() {
     if wanted && target == "x86_64-unknown-linux-gnu" {
         let manifest = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
         let order = std::path::Path::new(&manifest).join("src/link-order.txt");
-        if order.is_file() {
+        // The linker gets a copy in OUT_DIR, not the source path: a target folder shared by
+        // clones at different paths (CI's persistent cache) reuses this script's output, and a
+        // path into a clone that was since deleted breaks every later link.
+        let out = std::env::var("OUT_DIR").unwrap_or_default();
+        let copy = std::path::Path::new(&out).join("link-order.txt");
+        if order.is_file() && !out.is_empty() && std::fs::copy(&order, &copy).is_ok() {
             println!(
                 "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
-                order.display()
+                copy.display()
             );
             println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
         }

@@ -218,7 +218,7 @@ impl ConfigFile {
     /// `./spillway.toml` if present, else defaults.
     pub(crate) fn load(explicit: Option<&Path>) -> Result<ConfigFile> {
         match explicit {
-            Some(path) => Self::read(path),
+            Some(path) => Self::read(&crate::storage::normalize_path(path)),
             None => {
                 let default = Path::new(DEFAULT_CONFIG_FILE);
                 if default.is_file() {
@@ -233,7 +233,24 @@ impl ConfigFile {
     fn read(path: &Path) -> Result<ConfigFile> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
-        Self::parse(&text).map_err(|e| e.context(path.display()))
+        let mut config = Self::parse(&text).map_err(|e| e.context(path.display()))?;
+        config.normalize_paths();
+        Ok(config)
+    }
+
+    /// Resolve `.` and `..` in the paths the file names, as in every path Spillway is given
+    /// (`storage::normalize_path`); table locations are resolved when they are parsed.
+    fn normalize_paths(&mut self) {
+        let paths = [
+            &mut self.engine.spill_dir,
+            &mut self.reports.folder,
+            &mut self.reports.history,
+            &mut self.server.tls_cert,
+            &mut self.server.tls_key,
+        ];
+        for path in paths.into_iter().flatten() {
+            *path = crate::storage::normalize_path(path);
+        }
     }
 
     /// Parse config text; errors name the key and its line.

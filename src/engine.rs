@@ -21,8 +21,7 @@ use crate::engine::group_keys::PACK_INTEGER_KEYS;
 use crate::engine::group_topk::TopKPerGroup;
 use crate::engine::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TWO_LEVEL_DISTINCT};
 use crate::error::{Error, Result};
-use crate::output::ObjectTarget;
-use crate::storage::{self, Location, StoreCounters};
+use crate::storage::{Location, StoreCounters, StoreRegistry};
 use datafusion::common::config::SpillCompression;
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, ScalarValue};
@@ -36,7 +35,6 @@ use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use memory::{pool_size, spill_merge_fan_in, CappedPool, PeakPool, DEFAULT_MEMORY_FRACTION};
-use object_store::ObjectStore;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -87,10 +85,8 @@ pub(crate) fn default_workers() -> usize {
 pub(crate) struct Engine {
     ctx: SessionContext,
     pool: Arc<PeakPool>,
-    counters: Arc<StoreCounters>,
-    local_store: Arc<dyn ObjectStore>,
-    /// One store per bucket, with the settings it was built from.
-    s3_stores: Mutex<HashMap<String, (S3Settings, Arc<dyn ObjectStore>)>>,
+    /// The local store and one S3 store per bucket, registered with the session.
+    stores: StoreRegistry,
     tables: Vec<RegisteredTable>,
     options: EngineOptions,
 }
@@ -126,10 +122,7 @@ impl Engine {
             .with_memory_pool(pool.clone())
             .with_disk_manager_builder(disk)
             .build_arc()?;
-        let counters = Arc::new(StoreCounters::default());
-        let local_store = storage::local_store(counters.clone());
-        let file_url = url::Url::parse("file://").map_err(|e| Error::Internal(e.to_string()))?;
-        runtime.register_object_store(&file_url, local_store.clone());
+        let stores = StoreRegistry::new(runtime.object_store_registry.clone(), options.s3.clone())?;
         let state = SessionStateBuilder::new()
             .with_config(session_config(&options))
             .with_runtime_env(runtime)
@@ -145,9 +138,7 @@ impl Engine {
         Ok(Engine {
             ctx,
             pool,
-            counters,
-            local_store,
-            s3_stores: Mutex::new(HashMap::new()),
+            stores,
             tables: Vec::new(),
             options,
         })
@@ -181,7 +172,12 @@ impl Engine {
 
     /// Request and byte counters of every store.
     pub(crate) fn counters(&self) -> &Arc<StoreCounters> {
-        &self.counters
+        self.stores.counters()
+    }
+
+    /// The object stores tables and outputs are read from and written to.
+    pub(crate) fn stores(&self) -> &StoreRegistry {
+        &self.stores
     }
 
     /// The tables registered so far.
@@ -213,66 +209,13 @@ impl Engine {
         let location = Location::parse(&spec.location)
             .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
         let store = self
+            .stores
             .store_for(&location, spec.s3.as_ref())
             .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
         let registered = catalog::register(&self.ctx, &store, spec).await?;
         self.tables.retain(|table| table.spec.name != spec.name);
         self.tables.push(registered);
         Ok(())
-    }
-
-    /// The store a location lives in, made (and registered with DataFusion) on first use.
-    /// `table` settings override `[storage.s3]`; two tables may not configure one bucket
-    /// differently, since DataFusion keeps one store per bucket.
-    pub(crate) fn store_for(
-        &self,
-        location: &Location,
-        table: Option<&S3Settings>,
-    ) -> Result<Arc<dyn ObjectStore>> {
-        let Some(bucket) = location.bucket() else {
-            return Ok(self.local_store.clone());
-        };
-        let settings = match table {
-            Some(own) => own.over(&self.options.s3),
-            None => self.options.s3.clone(),
-        };
-        let mut stores = self
-            .s3_stores
-            .lock()
-            .map_err(|_| Error::Internal("store registry poisoned".into()))?;
-        if let Some((existing, store)) = stores.get(bucket) {
-            if *existing == settings {
-                return Ok(store.clone());
-            }
-            return Err(Error::Config(format!(
-                "bucket `{bucket}` is given two different sets of S3 settings; \
-                 tables in one bucket must share them"
-            )));
-        }
-        let store = storage::s3_store(bucket, &settings, self.counters.clone())?;
-        let url = url::Url::parse(&format!("s3://{bucket}"))
-            .map_err(|e| Error::Usage(format!("bucket `{bucket}`: {e}")))?;
-        self.ctx
-            .runtime_env()
-            .register_object_store(&url, store.clone());
-        stores.insert(bucket.to_string(), (settings, store.clone()));
-        Ok(store)
-    }
-
-    /// Where an `s3://bucket/key` output goes: the bucket's store (configured by
-    /// `[storage.s3]`) and the key.
-    pub(crate) fn object_target(&self, url: &str) -> Result<ObjectTarget> {
-        let location = Location::parse(url).map_err(|e| e.context("-o"))?;
-        if location.pattern.is_some() || location.is_folder() {
-            return Err(Error::Usage(format!(
-                "-o {url}: name an object, not a folder or glob"
-            )));
-        }
-        let store = self.store_for(&location, None)?;
-        Ok(ObjectTarget {
-            store,
-            path: location.prefix()?,
-        })
     }
 
     /// Split SQL text into statements (errors carry the line and column).

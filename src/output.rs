@@ -8,18 +8,17 @@
 //! or killed run leaves either the previous file or nothing. Must not buffer a whole result.
 
 use crate::error::{Error, Result};
+use crate::storage::ObjectTarget;
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::Compression as ParquetCompression;
 use datafusion::parquet::file::properties::WriterProperties;
-use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Batches in flight between the query and the writer thread.
@@ -96,12 +95,6 @@ pub(crate) enum Destination {
     File(PathBuf),
     /// An object URL such as `s3://bucket/key.parquet`.
     Object(String),
-}
-
-/// The store and key an `Object` destination resolves to (the engine knows the stores).
-pub(crate) struct ObjectTarget {
-    pub(crate) store: Arc<dyn ObjectStore>,
-    pub(crate) path: StorePath,
 }
 
 /// What to write and where.

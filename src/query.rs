@@ -102,7 +102,7 @@ pub(crate) async fn run_statement(
     // Open the output first: an unwritable path fails before any work is done. The same sink
     // serves a retry, which only happens while it has been given nothing.
     let object = match &options.output.destination {
-        Destination::Object(url) => Some(engine.object_target(url)?),
+        Destination::Object(url) => Some(engine.stores().object_target(url)?),
         _ => None,
     };
     let mut sink = Sink::open(&options.output, schema, object).await?;

@@ -202,7 +202,7 @@ pub(crate) fn output_spec(args: &QueryArgs) -> Result<OutputSpec> {
         Some(path) if path.to_string_lossy().starts_with("s3://") => {
             Destination::Object(path.to_string_lossy().into_owned())
         }
-        Some(path) => Destination::File(path.clone()),
+        Some(path) => Destination::File(crate::storage::normalize_path(path)),
         None => Destination::Stdout,
     };
     let format = match (&args.format, &args.output) {

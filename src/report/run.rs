@@ -125,6 +125,7 @@ async fn run_once(
     };
     let output = with_output
         .render_output(values, scheduled_date, &run_id.to_string())
+        .map(crate::storage::normalize_output)
         .map_err(Error::from)?;
     let destination = destination(&output)?;
     let options = RunOptions {
@@ -252,7 +253,7 @@ pub(crate) fn manifest_path(output: &str) -> String {
 async fn publish_manifest(engine: &Engine, output: &str, manifest: &str) -> Result<String> {
     let path = manifest_path(output);
     if path.starts_with("s3://") {
-        let target = engine.object_target(&path)?;
+        let target = engine.stores().object_target(&path)?;
         target
             .store
             .put(&target.path, manifest.as_bytes().to_vec().into())

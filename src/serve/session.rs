@@ -404,7 +404,10 @@ impl TableWatch {
 
     async fn list(&self, spec: &TableSpec) -> Result<u64> {
         let location = catalog::listing_location(spec)?;
-        let store = self.engine.store_for(&location, spec.s3.as_ref())?;
+        let store = self
+            .engine
+            .stores()
+            .store_for(&location, spec.s3.as_ref())?;
         let resolved = storage::resolve(&store, &location)
             .await
             .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
@@ -493,7 +496,10 @@ impl TableWatch {
             if known.get(name) != Some(&now) {
                 tracing::info!(table = %spec.name, "files changed: registering the table again");
                 let location = catalog::listing_location(spec)?;
-                let store = self.engine.store_for(&location, spec.s3.as_ref())?;
+                let store = self
+                    .engine
+                    .stores()
+                    .store_for(&location, spec.s3.as_ref())?;
                 let ctx = self.engine.context();
                 let previous = ctx.deregister_table(spec.name.as_str())?;
                 if let Err(error) = catalog::register(ctx, &store, spec).await {

@@ -5,6 +5,7 @@ mod common;
 mod errors;
 mod memory;
 mod output;
+mod paths;
 mod query;
 mod reports;
 mod s3;

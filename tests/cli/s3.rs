@@ -1,6 +1,7 @@
 //! S3-compatible object stores, against a real server: `s3s-fs` on 127.0.0.1 with SigV4
 //! credentials (installed by `.ci/run`: `cargo install s3s-fs --features binary`). Every answer
-//! is compared with the same query over the same files on local disk.
+//! is compared with the same query over the same files on local disk. The standard `AWS_*`
+//! variables alone are also tried against a second implementation, moto's server.
 
 use crate::common::{csv_rows, Outcome, Workspace};
 use std::io::{BufRead, BufReader, Write};
@@ -53,21 +54,7 @@ impl S3Server {
             .spawn()
             .expect("start s3s-fs");
         let stdout = child.stdout.take().expect("server stdout");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("http://127.0.0.1:") {
-                    let address: String = line[at..]
-                        .chars()
-                        .take_while(|c| !c.is_whitespace())
-                        .collect();
-                    let _ = sender.send(address);
-                }
-            }
-        });
-        let endpoint = receiver
-            .recv_timeout(Duration::from_secs(20))
-            .expect("s3s-fs did not start");
+        let endpoint = announced_endpoint(stdout, Duration::from_secs(20), "s3s-fs");
         S3Server {
             child,
             endpoint,
@@ -125,12 +112,18 @@ fn upload(local: &Path, bucket: &Path, prefix: &str) {
 }
 
 fn run(ws: &Workspace, args: &[&str]) -> Outcome {
+    run_with(ws, &[], args)
+}
+
+/// Run with no `AWS_*` variables but `variables` (and the closed metadata endpoint).
+fn run_with(ws: &Workspace, variables: &[(&str, String)], args: &[&str]) -> Outcome {
     let mut command = ws.command();
     for (key, _) in std::env::vars() {
         if key.starts_with("AWS_") && key != "AWS_METADATA_ENDPOINT" {
             command.env_remove(key);
         }
     }
+    command.envs(variables.iter().map(|(key, value)| (key, value)));
     let output = command.args(args).output().expect("run spillway");
     let outcome = Outcome {
         code: output.status.code().unwrap_or(-1),
@@ -499,4 +492,206 @@ fn a_server_that_stops_answering_fails_the_query_within_the_retry_bound() {
         "took {elapsed:?} to give up"
     );
     assert!(stderr.contains("storage"), "{stderr}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The standard AWS variables alone, with no config file (what the README promises)
+// ---------------------------------------------------------------------------------------------
+
+/// Three rows whose sums per `dx` are worked out by hand in [`TOTALS`].
+const ROWS: &str = "dx,cost\nA,1\nB,2\nA,4\n";
+const TOTALS_SQL: &str = "SELECT dx, sum(cost) AS s FROM t GROUP BY dx ORDER BY dx";
+/// A: 1 + 4, B: 2.
+const TOTALS: &str = "dx,s\nA,5\nB,2\n";
+
+/// The variables a user of the AWS CLI would set for a local S3 server, and nothing else.
+fn aws_variables(endpoint: &str, allow_http: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut variables = vec![
+        ("AWS_ENDPOINT_URL", endpoint.to_string()),
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY.to_string()),
+        ("AWS_SECRET_ACCESS_KEY", SECRET.to_string()),
+        ("AWS_REGION", "us-east-1".to_string()),
+    ];
+    if let Some(value) = allow_http {
+        variables.push(("AWS_ALLOW_HTTP", value.to_string()));
+    }
+    variables
+}
+
+#[test]
+fn the_standard_aws_variables_alone_read_and_write_s3s_fs_with_or_without_aws_allow_http() {
+    let server = S3Server::start();
+    let ws = Workspace::new();
+    let bucket = server.bucket("data");
+    std::fs::write(bucket.join("t.csv"), ROWS).unwrap();
+    for allow_http in [None, Some("true")] {
+        let variables = aws_variables(&server.endpoint, allow_http);
+        let table = "t=s3://data/*.csv";
+        let out = run_with(
+            &ws,
+            &variables,
+            &["query", "--format", "csv", "-t", table, TOTALS_SQL],
+        );
+        assert_eq!(out.success(), TOTALS, "AWS_ALLOW_HTTP={allow_http:?}");
+        let copy = "s3://data/out/totals.csv";
+        run_with(
+            &ws,
+            &variables,
+            &["query", "-o", copy, "-t", table, TOTALS_SQL],
+        )
+        .success();
+        let written = std::fs::read_to_string(bucket.join("out/totals.csv")).unwrap();
+        assert_eq!(written, TOTALS, "AWS_ALLOW_HTTP={allow_http:?}");
+        std::fs::remove_dir_all(bucket.join("out")).unwrap();
+    }
+}
+
+#[test]
+fn an_http_endpoint_that_aws_allow_http_forbids_is_an_error_naming_the_variable() {
+    // Refused before any request is made, so no server is needed (port 9 is closed anyway).
+    let ws = Workspace::new();
+    let endpoint = "http://127.0.0.1:9";
+    let variables = aws_variables(endpoint, Some("false"));
+    let out = run_with(
+        &ws,
+        &variables,
+        &["query", "-t", "t=s3://data/t.csv", TOTALS_SQL],
+    );
+    let err = out.failure(3);
+    assert!(
+        err.contains("AWS_ALLOW_HTTP=false")
+            && err.contains("AWS_ENDPOINT_URL")
+            && err.contains(endpoint),
+        "{err}"
+    );
+}
+
+/// A running moto server (a second, independent S3 implementation, in Python). It keeps its
+/// buckets in memory and checks no signatures, so the test fills it with plain HTTP requests.
+/// `SPILLWAY_TEST_MOTO` names the `moto_server` binary; `.ci/run` installs it in a venv.
+struct MotoServer {
+    child: Child,
+    endpoint: String,
+}
+
+fn moto_binary() -> PathBuf {
+    let binary = std::env::var_os("SPILLWAY_TEST_MOTO")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/spillway/moto-venv/bin/moto_server"))
+        })
+        .expect("HOME or SPILLWAY_TEST_MOTO");
+    assert!(
+        binary.is_file(),
+        "moto is not installed at {}: run `python3 -m venv ~/.cache/spillway/moto-venv && \
+         ~/.cache/spillway/moto-venv/bin/pip install 'moto[server]'` (.ci/run does), or set \
+         SPILLWAY_TEST_MOTO",
+        binary.display()
+    );
+    binary
+}
+
+/// The `http://127.0.0.1:PORT` a server prints in its log once it listens. The log is read to
+/// its end on a thread: servers log every request, and a full pipe would stop them.
+fn announced_endpoint(
+    log: impl std::io::Read + Send + 'static,
+    wait: Duration,
+    server: &str,
+) -> String {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(log).lines().map_while(Result::ok) {
+            if let Some(at) = line.find("http://127.0.0.1:") {
+                let address: String = line[at..]
+                    .chars()
+                    .take_while(|c| !c.is_whitespace())
+                    .collect();
+                let _ = sender.send(address);
+            }
+        }
+    });
+    receiver
+        .recv_timeout(wait)
+        .unwrap_or_else(|_| panic!("{server} did not start"))
+}
+
+impl MotoServer {
+    fn start() -> MotoServer {
+        let mut child = Command::new(moto_binary())
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start moto_server");
+        let stderr = child.stderr.take().expect("server stderr");
+        let endpoint = announced_endpoint(stderr, Duration::from_secs(30), "moto_server");
+        MotoServer { child, endpoint }
+    }
+
+    /// One plain HTTP/1.1 request; returns the status code and the body.
+    fn request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        use std::io::Read;
+        let address = self.endpoint.trim_start_matches("http://");
+        let mut stream = std::net::TcpStream::connect(address).expect("connect to moto");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).unwrap();
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, body)| body)
+            .to_string();
+        (status, body)
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_standard_aws_variables_alone_read_and_write_moto_too() {
+    let server = MotoServer::start();
+    let ws = Workspace::new();
+    assert_eq!(server.request("PUT", "/data", "").0, 200, "create bucket");
+    assert_eq!(
+        server.request("PUT", "/data/in/t.csv", ROWS).0,
+        200,
+        "put object"
+    );
+    for allow_http in [None, Some("true")] {
+        let variables = aws_variables(&server.endpoint, allow_http);
+        let table = "t=s3://data/in/*.csv";
+        let out = run_with(
+            &ws,
+            &variables,
+            &["query", "--format", "csv", "-t", table, TOTALS_SQL],
+        );
+        assert_eq!(out.success(), TOTALS, "AWS_ALLOW_HTTP={allow_http:?}");
+        let copy = "s3://data/out/totals.csv";
+        run_with(
+            &ws,
+            &variables,
+            &["query", "-o", copy, "-t", table, TOTALS_SQL],
+        )
+        .success();
+        assert_eq!(
+            server.request("GET", "/data/out/totals.csv", ""),
+            (200, TOTALS.to_string()),
+            "AWS_ALLOW_HTTP={allow_http:?}"
+        );
+    }
 }
