@@ -242,6 +242,129 @@ fn run_writer(
     Err(Error::Interrupted)
 }
 
+/// Publish a small, complete piece of bytes (a report's manifest) so that a reader sees the
+/// previous version or nothing until all of it is there: a file is written under a hidden
+/// temporary name beside the target, synced and renamed over it; an object is put in one
+/// request, which S3 makes visible only once the upload is complete. `object` is the store an
+/// `Object` destination resolves to, as for [`Sink::open`].
+pub(crate) async fn publish_bytes(
+    destination: &Destination,
+    object: Option<ObjectTarget>,
+    bytes: Vec<u8>,
+) -> Result<()> {
+    match (destination, object) {
+        (Destination::Object(url), Some(object)) => {
+            object
+                .store
+                .put(&object.path, bytes.into())
+                .await
+                .map_err(|e| crate::storage::store_error(url, e))?;
+            Ok(())
+        }
+        (Destination::Object(url), None) => {
+            Err(Error::Internal(format!("no store resolved for {url}")))
+        }
+        (Destination::Stdout, _) => Err(Error::Internal(
+            "bytes are published to a file or an object, not stdout".into(),
+        )),
+        (Destination::File(path), _) => {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || publish_file(&path, &bytes))
+                .await
+                .map_err(|e| Error::Internal(format!("publishing thread: {e}")))?
+        }
+    }
+}
+
+/// Where a temporary file beside `path` goes, and the name it is derived from: a rename is
+/// only atomic within one folder.
+fn folder_and_name(path: &Path) -> (&Path, &str) {
+    let folder = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("output");
+    (folder, name)
+}
+
+/// The local half of [`publish_bytes`].
+fn publish_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    let failed =
+        |e: &dyn std::fmt::Display| Error::Output(format!("cannot write {}: {e}", path.display()));
+    let (folder, name) = folder_and_name(path);
+    let mut temp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".spillway-tmp")
+        .tempfile_in(folder)
+        .map_err(|e| failed(&e))?;
+    temp.write_all(bytes).map_err(|e| failed(&e))?;
+    temp.as_file().sync_all().map_err(|e| failed(&e))?;
+    temp.persist(path).map_err(|e| failed(&e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod publish_bytes_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_is_replaced_whole_and_no_temporary_file_is_left() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("_SUCCESS-out.csv.json");
+        std::fs::write(&path, "old\n").unwrap();
+        publish_bytes(
+            &Destination::File(path.clone()),
+            None,
+            b"{\"rows\": 3}\n".to_vec(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"rows\": 3}\n");
+        let names: Vec<String> = std::fs::read_dir(folder.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["_SUCCESS-out.csv.json"]);
+    }
+
+    #[tokio::test]
+    async fn an_unwritable_folder_is_an_output_error_naming_the_file() {
+        let folder = tempfile::tempdir().unwrap();
+        let path = folder.path().join("missing/m.json");
+        match publish_bytes(&Destination::File(path.clone()), None, b"x".to_vec()).await {
+            Err(Error::Output(message)) => assert!(
+                message.starts_with(&format!("cannot write {}: ", path.display())),
+                "{message}"
+            ),
+            other => panic!("expected an output error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_object_is_put_whole() {
+        let store = std::sync::Arc::new(object_store::memory::InMemory::new());
+        let target = ObjectTarget {
+            store: store.clone(),
+            path: object_store::path::Path::from("r/_SUCCESS-o.csv.json"),
+        };
+        let url = "s3://b/r/_SUCCESS-o.csv.json".to_string();
+        publish_bytes(&Destination::Object(url), Some(target), b"done\n".to_vec())
+            .await
+            .unwrap();
+        let got = store
+            .get(&object_store::path::Path::from("r/_SUCCESS-o.csv.json"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert_eq!(&got[..], b"done\n");
+    }
+}
+
 /// A write failure, with a closed pipe told apart from real errors.
 enum WriteError {
     ReaderGone,
@@ -373,14 +496,7 @@ impl Target {
                 if path.is_dir() {
                     return Err(cannot(&"it is a folder"));
                 }
-                let folder = match path.parent() {
-                    Some(parent) if !parent.as_os_str().is_empty() => parent,
-                    _ => Path::new("."),
-                };
-                let name = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or("output");
+                let (folder, name) = folder_and_name(path);
                 let temp = tempfile::Builder::new()
                     .prefix(&format!(".{name}."))
                     .suffix(".spillway-tmp")

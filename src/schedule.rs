@@ -1,8 +1,8 @@
 //! When scheduled reports run: cron expressions in time zones, and the daemon loop with its
-//! overlap, missed-run, retry and timeout policies.
+//! overlap, missed-run and retry policies.
 //!
-//! The model: a [`Scheduler`] holds [`Job`]s (a name, a [`CronSchedule`], a [`RetryPolicy`] and a
-//! timeout), a [`Clock`] and a [`Runner`]. It sleeps on the clock until the next firing, then
+//! The model: a [`Scheduler`] holds [`Job`]s (a name, a [`CronSchedule`] and a [`RetryPolicy`]),
+//! a [`Clock`] and a [`Runner`]. It sleeps on the clock until the next firing, then
 //! hands `(job, scheduled time, attempt)` to the runner, which does the real work (binding the
 //! report's params, running it through the engine, recording history). Time only ever comes from
 //! the clock, so tests drive days of schedule with a [`ManualClock`] in milliseconds.
@@ -16,9 +16,10 @@
 //!   a job due (a suspended machine). Older missed firings are never run one by one;
 //! - retries: a failed attempt is tried again up to `retries` times, waiting `base · 2^(n−1)`
 //!   (capped) after the n-th failure;
-//! - timeout: an attempt still going after the job's timeout is cancelled by dropping its future
-//!   and counts as failed (`timed out after 30m`); the runner hears of it in
-//!   [`Runner::cancelled`], as it does when shutdown outlasts its grace period.
+//! - timeouts are not the scheduler's: a report's timeout lives inside its recorded run
+//!   (`report::run::ReportRun::execute`), which cancels the work, records `timeout` by run id and
+//!   returns a failure like any other (so it is retried); the runner hears of an attempt dropped
+//!   because shutdown outlasted its grace period in [`Runner::cancelled`].
 //!
 //! DST: expressions are evaluated on the wall clock of the job's zone by croner. A fixed-time
 //! job (`30 2 * * *`) whose time falls in a spring-forward gap runs at the first instant after
@@ -37,9 +38,13 @@ use futures::future::{BoxFuture, FutureExt};
 use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+#[cfg(test)]
+use std::sync::Mutex;
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+#[cfg(test)]
+use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// A cron expression or time zone that cannot be used.
@@ -58,7 +63,6 @@ pub(crate) enum ScheduleError {
 /// A POSIX cron expression evaluated on the wall clock of an IANA time zone.
 #[derive(Debug, Clone)]
 pub(crate) struct CronSchedule {
-    expression: String,
     timezone: Tz,
     cron: Cron,
 }
@@ -100,18 +104,13 @@ impl CronSchedule {
             .parse(trimmed)
             .map_err(|error| cron_error(error.to_string()))?;
         Ok(CronSchedule {
-            expression: cron.to_string(),
             timezone: timezone_parsed,
             cron: parsed,
         })
     }
 
-    /// The expression as written.
-    pub(crate) fn expression(&self) -> &str {
-        &self.expression
-    }
-
     /// The zone the expression is evaluated in.
+    #[cfg(test)]
     pub(crate) fn timezone(&self) -> Tz {
         self.timezone
     }
@@ -223,17 +222,20 @@ impl Clock for SystemClock {
 
 /// A clock that moves only when told, for tests: [`ManualClock::advance`] and
 /// [`ManualClock::set`] wake the sleepers whose time has come.
+#[cfg(test)]
 #[derive(Debug)]
 pub(crate) struct ManualClock {
     state: Mutex<ManualState>,
 }
 
+#[cfg(test)]
 #[derive(Debug)]
 struct ManualState {
     now: DateTime<Utc>,
     sleepers: Vec<(DateTime<Utc>, oneshot::Sender<()>)>,
 }
 
+#[cfg(test)]
 impl ManualClock {
     pub(crate) fn new(start: DateTime<Utc>) -> ManualClock {
         ManualClock {
@@ -295,6 +297,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(test)]
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         self.state().now
@@ -367,8 +370,6 @@ pub(crate) struct Job {
     pub(crate) name: String,
     pub(crate) schedule: CronSchedule,
     pub(crate) retry: RetryPolicy,
-    /// The longest one attempt may take.
-    pub(crate) timeout: Option<Duration>,
 }
 
 /// What a runner reports back.
@@ -382,14 +383,14 @@ pub(crate) enum RunOutcome {
 #[async_trait::async_trait]
 pub(crate) trait Runner: Send + Sync + 'static {
     /// Run one attempt (`attempt` is 1 for the first try, 2 for the first retry, ...). The
-    /// future may be dropped part-way (timeout, shutdown): [`Runner::cancelled`] follows then.
+    /// future may be dropped part-way (shutdown): [`Runner::cancelled`] follows then.
     async fn run(&self, job: &str, scheduled_for: DateTime<Utc>, attempt: u32) -> RunOutcome;
 
     /// A firing that was not run, and why.
     async fn skipped(&self, job: &str, scheduled_for: DateTime<Utc>, reason: &str);
 
-    /// An attempt whose future was dropped, after it was dropped: `reason` is `timed out after
-    /// …` or says the scheduler shut down. A runner that opened a history row for the attempt
+    /// An attempt whose future was dropped, after it was dropped: `reason` says the scheduler
+    /// shut down. A runner that opened a history row for the attempt
     /// closes it here. The default does nothing (a row left `running` becomes `incomplete`
     /// through `History::recover` once this process has ended).
     async fn cancelled(&self, job: &str, scheduled_for: DateTime<Utc>, attempt: u32, reason: &str) {
@@ -633,7 +634,6 @@ impl Scheduler {
 /// How one attempt ended.
 enum Attempt {
     Finished(RunOutcome),
-    TimedOut(String),
     Aborted,
 }
 
@@ -657,15 +657,7 @@ async fn run_with_retries(
     let attempts = job.retry.retries.saturating_add(1);
     for attempt in 1..=attempts {
         let started = clock.now();
-        let ending = run_attempt(
-            &job,
-            runner.as_ref(),
-            clock.as_ref(),
-            scheduled_for,
-            attempt,
-            &mut phase,
-        )
-        .await;
+        let ending = run_attempt(&job, runner.as_ref(), scheduled_for, attempt, &mut phase).await;
         let elapsed = format_duration((clock.now() - started).to_std().unwrap_or_default());
         let message = match ending {
             Attempt::Finished(RunOutcome::Succeeded) => {
@@ -676,7 +668,7 @@ async fn run_with_retries(
                 tracing::info!(job = %job.name, %scheduled_for, attempt, %elapsed, "run cancelled: the scheduler shut down");
                 return;
             }
-            Attempt::Finished(RunOutcome::Failed(message)) | Attempt::TimedOut(message) => message,
+            Attempt::Finished(RunOutcome::Failed(message)) => message,
         };
         if attempt == attempts {
             tracing::info!(job = %job.name, %scheduled_for, attempt, %elapsed, "run failed, no retries left: {message}");
@@ -698,42 +690,28 @@ async fn run_with_retries(
     }
 }
 
-/// One attempt, bounded by the job's timeout and by shutdown.
+/// One attempt, bounded by shutdown.
 async fn run_attempt(
     job: &Job,
     runner: &dyn Runner,
-    clock: &dyn Clock,
     scheduled_for: DateTime<Utc>,
     attempt: u32,
     phase: &mut watch::Receiver<Phase>,
 ) -> Attempt {
     let ending = {
         // Declared in this block so the attempt's future is dropped (cancelled) before the
-        // runner is told about a timeout or a shutdown.
+        // runner is told about a shutdown.
         let run = AssertUnwindSafe(runner.run(&job.name, scheduled_for, attempt)).catch_unwind();
-        let timeout = match job.timeout {
-            Some(limit) => clock.sleep_until(add(clock.now(), limit)),
-            None => futures::future::pending().boxed(),
-        };
         tokio::select! {
             biased;
             result = run => Attempt::Finished(match result {
                 Ok(outcome) => outcome,
                 Err(panic) => RunOutcome::Failed(format!("the runner panicked: {}", panic_text(&*panic))),
             }),
-            () = timeout => Attempt::TimedOut(format!(
-                "timed out after {}",
-                format_duration(job.timeout.unwrap_or_default())
-            )),
             () = phase_reached(phase, &[Phase::Aborting]) => Attempt::Aborted,
         }
     };
     match &ending {
-        Attempt::TimedOut(reason) => {
-            runner
-                .cancelled(&job.name, scheduled_for, attempt, reason)
-                .await
-        }
         Attempt::Aborted => {
             let reason = "cancelled: the scheduler shut down and its grace period ended";
             runner
@@ -1102,12 +1080,11 @@ mod tests {
         }
     }
 
-    fn job(name: &str, cron: &str, retry: RetryPolicy, timeout: Option<Duration>) -> Job {
+    fn job(name: &str, cron: &str, retry: RetryPolicy) -> Job {
         Job {
             name: name.into(),
             schedule: CronSchedule::parse(cron, "UTC").unwrap(),
             retry,
-            timeout,
         }
     }
 
@@ -1168,8 +1145,8 @@ mod tests {
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 0, 30),
             vec![
-                job("minutely", "* * * * *", RetryPolicy::default(), None),
-                job("fast", "*/10 * * * * *", RetryPolicy::default(), None),
+                job("minutely", "* * * * *", RetryPolicy::default()),
+                job("fast", "*/10 * * * * *", RetryPolicy::default()),
             ],
             MissedRunPolicy::RunLatest,
             &[],
@@ -1221,7 +1198,7 @@ mod tests {
     async fn overlapping_firing_is_skipped() {
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 0, 30),
-            vec![job("slow", "* * * * *", RetryPolicy::default(), None)],
+            vec![job("slow", "* * * * *", RetryPolicy::default())],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(60),
@@ -1270,7 +1247,7 @@ mod tests {
         };
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 59, 0),
-            vec![job("flaky", "0 * * * *", retry, None)],
+            vec![job("flaky", "0 * * * *", retry)],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(60),
@@ -1301,7 +1278,7 @@ mod tests {
         };
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 59, 0),
-            vec![job("flaky", "0 * * * *", retry, None)],
+            vec![job("flaky", "0 * * * *", retry)],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(60),
@@ -1328,73 +1305,13 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_attempt_past_its_timeout_is_cancelled_and_counts_as_failed() {
-        let retry = RetryPolicy {
-            retries: 1,
-            base_delay: Duration::from_secs(5),
-            max_delay: Duration::from_secs(5),
-        };
-        let mut h = Harness::start(
-            utc(2024, 1, 1, 0, 59, 0),
-            vec![job(
-                "stuck",
-                "0 * * * *",
-                retry,
-                Some(Duration::from_secs(30)),
-            )],
-            MissedRunPolicy::RunLatest,
-            &[],
-            Duration::from_secs(60),
-            |_, _| (Duration::from_secs(60), RunOutcome::Succeeded),
-        )
-        .await;
-        step_to(&h.clock, utc(2024, 1, 1, 1, 10, 0)).await;
-        let hour = utc(2024, 1, 1, 1, 0, 0);
-        let stuck = "stuck".to_string();
-        let reason = "timed out after 30s".to_string();
-        // Attempt 1: 01:00:00–01:00:30, wait 5 s, attempt 2: 01:00:35–01:01:05; never finished.
-        assert_eq!(
-            h.runner.events(),
-            [
-                Event::Started {
-                    job: stuck.clone(),
-                    scheduled_for: hour,
-                    attempt: 1,
-                    at: hour
-                },
-                Event::Cancelled {
-                    job: stuck.clone(),
-                    scheduled_for: hour,
-                    attempt: 1,
-                    reason: reason.clone(),
-                    at: utc(2024, 1, 1, 1, 0, 30)
-                },
-                Event::Started {
-                    job: stuck.clone(),
-                    scheduled_for: hour,
-                    attempt: 2,
-                    at: utc(2024, 1, 1, 1, 0, 35)
-                },
-                Event::Cancelled {
-                    job: stuck.clone(),
-                    scheduled_for: hour,
-                    attempt: 2,
-                    reason,
-                    at: utc(2024, 1, 1, 1, 1, 5)
-                },
-            ]
-        );
-        h.shutdown().await;
-    }
-
-    #[tokio::test]
     async fn missed_runs_are_caught_up_with_the_latest_only() {
         let now = utc(2024, 1, 4, 12, 0, 0);
         let jobs = || {
             vec![
-                job("behind", "0 6 * * *", RetryPolicy::default(), None),
-                job("current", "0 6 * * *", RetryPolicy::default(), None),
-                job("fresh", "0 6 * * *", RetryPolicy::default(), None),
+                job("behind", "0 6 * * *", RetryPolicy::default()),
+                job("current", "0 6 * * *", RetryPolicy::default()),
+                job("fresh", "0 6 * * *", RetryPolicy::default()),
             ]
         };
         let last_runs = [
@@ -1471,7 +1388,7 @@ mod tests {
     async fn a_jump_past_several_firings_applies_the_policy_once() {
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 0, 30),
-            vec![job("minutely", "* * * * *", RetryPolicy::default(), None)],
+            vec![job("minutely", "* * * * *", RetryPolicy::default())],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(60),
@@ -1492,7 +1409,7 @@ mod tests {
     async fn shutdown_stops_new_firings() {
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 0, 30),
-            vec![job("minutely", "* * * * *", RetryPolicy::default(), None)],
+            vec![job("minutely", "* * * * *", RetryPolicy::default())],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(60),
@@ -1511,7 +1428,7 @@ mod tests {
     async fn shutdown_waits_for_a_run_within_the_grace_period() {
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 0, 30),
-            vec![job("slow", "* * * * *", RetryPolicy::default(), None)],
+            vec![job("slow", "* * * * *", RetryPolicy::default())],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(120),
@@ -1554,7 +1471,7 @@ mod tests {
         };
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 0, 30),
-            vec![job("slow", "* * * * *", retry, None)],
+            vec![job("slow", "* * * * *", retry)],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(30),
@@ -1596,7 +1513,7 @@ mod tests {
         };
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 0, 30),
-            vec![job("flaky", "* * * * *", retry, None)],
+            vec![job("flaky", "* * * * *", retry)],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(300),
@@ -1625,7 +1542,7 @@ mod tests {
         };
         let mut h = Harness::start(
             utc(2024, 1, 1, 0, 0, 30),
-            vec![job("buggy", "* * * * *", retry, None)],
+            vec![job("buggy", "* * * * *", retry)],
             MissedRunPolicy::RunLatest,
             &[],
             Duration::from_secs(60),

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::gen::{self, ClaimsOptions, GenFormat};
 use crate::output::{Destination, OutputFormat, OutputSpec};
 use crate::query::{self, RunOptions};
-use crate::report::{self, run as reporting};
+use crate::report::{self, run::PlannedReport};
 use std::path::{Path, PathBuf};
 
 /// Files the sample claims are split into: several, so scans run in parallel.
@@ -58,8 +58,10 @@ pub(crate) async fn run(
                     println!("{description}");
                 }
                 let values = report.bind(&[]).map_err(Error::from)?;
-                let plan = reporting::plan_report(&engine, &report).await?;
-                let plan = reporting::bind_values(plan, &values).map_err(in_file)?;
+                let plan = PlannedReport::plan(&engine, &report)
+                    .await?
+                    .bind(&values)
+                    .map_err(in_file)?;
                 let outcome = query::run_statement(&engine, plan, &run_options)
                     .await
                     .map_err(in_file)?;

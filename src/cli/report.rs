@@ -3,7 +3,7 @@
 
 use crate::cli::options;
 use crate::cli::{
-    ReportCommand, ReportHistoryArgs, ReportNameArgs, ReportRunArgs, ReportSource,
+    self, ReportCommand, ReportHistoryArgs, ReportNameArgs, ReportRunArgs, ReportSource,
     ReportValidateArgs, ScheduleArgs,
 };
 use crate::config::ConfigFile;
@@ -15,6 +15,7 @@ use crate::report::{self, History, ReportDefinition};
 use crate::schedule::{CronSchedule, MissedRunPolicy, Scheduler, SystemClock};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,7 +138,7 @@ pub(crate) async fn validate(context: &ReportContext, args: &ReportValidateArgs)
         None => context.reports.iter().collect(),
     };
     for report in reports {
-        plan_report(&engine, report).await?;
+        PlannedReport::plan(&engine, report).await?;
         println!("{}: ok", report.name);
     }
     Ok(())
@@ -160,17 +161,8 @@ pub(crate) async fn run(context: &ReportContext, args: &ReportRunArgs) -> Result
         Some(text) => Some(parse_at(report, text)?),
         None => None,
     };
-    let running = run_recorded(context, report, &values, scheduled_for, 1);
-    let summary = match report.timeout {
-        Some(limit) => tokio::time::timeout(limit, running).await.map_err(|_| {
-            Error::ResourcesExhausted(format!(
-                "report `{}` timed out after {}",
-                report.name,
-                crate::units::format_duration(limit)
-            ))
-        })??,
-        None => running.await?,
-    };
+    let run = ReportRun::start(&context.history, report, values, scheduled_for, 1)?;
+    let summary = run.execute(context).await?;
     eprintln!(
         "report {}: {} rows, {} → {} (manifest {})",
         report.name,
@@ -272,9 +264,7 @@ pub(crate) async fn schedule(
         "spillway schedule: {} scheduled reports; stop with Ctrl-C or SIGTERM",
         jobs.len()
     );
-    let runner = Arc::new(ReportRunner {
-        context: Arc::new(context),
-    });
+    let runner = Arc::new(ReportRunner::new(Arc::new(context)));
     let scheduler = Scheduler::new(jobs, Arc::new(SystemClock), runner, missed);
     scheduler
         .run(last_runs, crate::process::signal::shutdown(), grace)

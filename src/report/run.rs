@@ -1,21 +1,24 @@
-//! Running saved reports: one run is bind → plan → execute → publish output → publish manifest
-//! → record history, through the same engine, catalog and output code as `spillway query`.
+//! THE run path of a report: plan (leading `SET`s, the last statement, declared placeholders
+//! only) → bind typed values → execute → publish the output → publish the manifest → record the
+//! run in the history, bounded by the report's timeout. `report run`, `report validate`, `demo`,
+//! the scheduler and the server's report views and table functions all plan through
+//! [`PlannedReport`]; the first four run through [`ReportRun`].
 //!
-//! Owns the `report run` path and the scheduler's [`Runner`]; the definitions, parameter typing
-//! and the history database are `report`'s, the cron loop is `schedule`'s. Must not build SQL by
-//! splicing values: parameters are bound as typed placeholders (`Engine::bind`).
+//! Must not: build SQL by splicing values (parameters are bound as typed placeholders), write
+//! files itself (every byte goes through `output`), or decide when a report runs (`schedule`).
 
 use crate::catalog::TableSpec;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
-use crate::output::{Destination, OutputFormat, OutputSpec};
+use crate::output::{self, Destination, OutputFormat, OutputSpec};
 use crate::query::{self, RunOptions};
-use crate::report::{self, History, ParamValue, ReportDefinition, ReportFormat};
+use crate::report::{History, ParamValue, ReportDefinition, ReportFormat};
 use crate::schedule::{RunOutcome, Runner};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
-use object_store::ObjectStoreExt;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use datafusion::logical_expr::LogicalPlan;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// Everything a report run needs besides the report: engine settings, tables, history.
 pub(crate) struct ReportContext {
@@ -65,110 +68,208 @@ fn report_zone(report: &ReportDefinition) -> Result<chrono_tz::Tz> {
     })
 }
 
-/// Run a report once and record it in the history (started, then succeeded or failed).
-pub(crate) async fn run_recorded(
-    context: &ReportContext,
-    report: &ReportDefinition,
-    values: &[(String, ParamValue)],
-    scheduled_for: Option<DateTime<Utc>>,
-    attempt: u32,
-) -> Result<RunSummary> {
-    let run_id = context
-        .history
-        .start(&report.name, scheduled_for, attempt)
-        .map_err(Error::from)?;
-    match run_once(context, report, values, scheduled_for, run_id).await {
-        Ok(summary) => {
-            context
-                .history
-                .succeed(run_id, summary.rows, summary.bytes, &summary.output)
-                .map_err(Error::from)?;
-            Ok(summary)
+// ---------------------------------------------------------------------------------------------
+// Planning
+// ---------------------------------------------------------------------------------------------
+
+/// A report's query, planned on an engine and checked: ready to be bound and executed.
+#[derive(Debug, Clone)]
+pub(crate) struct PlannedReport {
+    plan: LogicalPlan,
+}
+
+impl PlannedReport {
+    /// Plan a report's SQL: the `SET` statements (or any statements) before the last run first,
+    /// on `engine`'s session, so they shape how the last one is planned and run; the last is the
+    /// report's query. A `$name` placeholder the header does not declare is refused here, before
+    /// anything runs, naming the placeholder and the file.
+    pub(crate) async fn plan(engine: &Engine, report: &ReportDefinition) -> Result<PlannedReport> {
+        let in_file = |e: Error| {
+            e.context(format!(
+                "{} (SQL from line {})",
+                report.path.display(),
+                report.sql_line
+            ))
+        };
+        let mut statements = engine.parse(&report.sql).map_err(in_file)?;
+        let last = statements.pop().ok_or_else(|| {
+            Error::Usage(format!(
+                "{}: no SQL after the header",
+                report.path.display()
+            ))
+        })?;
+        for statement in statements {
+            let plan = engine.plan(statement).await?;
+            query::drain(engine, plan).await?;
         }
-        Err(error) => {
-            let _ = context.history.fail(run_id, &error.to_string());
-            Err(error)
+        let plan = engine.plan(last).await.map_err(in_file)?;
+        let declared: Vec<&str> = report.params.iter().map(|p| p.name.as_str()).collect();
+        for used in Engine::placeholders(&plan)? {
+            if !declared.contains(&used.as_str()) {
+                return Err(Error::Config(format!(
+                    "{}: the SQL uses ${used}, which the header does not declare under [params]",
+                    report.path.display()
+                )));
+            }
         }
+        Ok(PlannedReport { plan })
+    }
+
+    /// The plan with `values` (from [`ReportDefinition::bind`]) bound to its placeholders as
+    /// typed scalars ([`ParamValue::to_scalar`]): a date is a `Date32`, a list a `List<Utf8>`.
+    pub(crate) fn bind(&self, values: &[(String, ParamValue)]) -> Result<LogicalPlan> {
+        let scalars = values
+            .iter()
+            .map(|(name, value)| (name.clone(), value.to_scalar()))
+            .collect();
+        Engine::bind(self.plan.clone(), scalars)
+    }
+
+    /// The plan as planned, placeholders unbound: a report without params is complete as it is
+    /// (a server registers it as a view).
+    // Until `serve` (split in parallel) registers its report views through the planner.
+    #[allow(dead_code)]
+    pub(crate) fn plan_without_values(&self) -> &LogicalPlan {
+        &self.plan
     }
 }
 
-/// Execute a report and publish its output, then its manifest.
-async fn run_once(
-    context: &ReportContext,
-    report: &ReportDefinition,
-    values: &[(String, ParamValue)],
-    scheduled_for: Option<DateTime<Utc>>,
-    run_id: i64,
-) -> Result<RunSummary> {
-    let in_report = |e: Error| e.context(format!("report `{}`", report.name));
-    let engine = Engine::open(context.options.clone(), &context.tables)
-        .await
-        .map_err(in_report)?;
-    let plan = plan_report(&engine, report).await.map_err(in_report)?;
-    let plan = bind_values(plan, values).map_err(in_report)?;
-    let zone = report_zone(report)?;
-    let scheduled_date = scheduled_for
-        .unwrap_or_else(Utc::now)
-        .with_timezone(&zone)
-        .date_naive();
-    let defaulted;
-    let with_output = match report.output {
-        Some(_) => report,
-        None => {
-            let template = format!(
-                "reports/{{name}}/{{scheduled_date}}.{}",
-                report.effective_format().as_str()
-            );
-            defaulted = report_with_template(report, &template);
-            &defaulted
-        }
-    };
-    let output = with_output
-        .render_output(values, scheduled_date, &run_id.to_string())
-        .map(crate::storage::normalize_output)
-        .map_err(Error::from)?;
-    let destination = destination(&output)?;
-    let options = RunOptions {
-        output: OutputSpec {
-            format: output_format(report.effective_format()),
-            destination,
-            max_table_rows: 0,
-            manifest: true,
-        },
-        stats: false,
-        progress: false,
-    };
-    let outcome = query::run_statement(&engine, plan, &options)
-        .await
-        .map_err(in_report)?;
-    let manifest = report::manifest_json(
-        &report.name,
-        outcome.output.rows,
-        outcome.output.bytes,
-        &outcome.output.sha256,
-        values,
-        scheduled_for,
-        &output,
-    );
-    let manifest_path = publish_manifest(&engine, &output, &manifest).await?;
-    Ok(RunSummary {
-        rows: outcome.output.rows,
-        bytes: outcome.output.bytes,
-        output,
-        manifest: manifest_path,
-    })
+// ---------------------------------------------------------------------------------------------
+// Running
+// ---------------------------------------------------------------------------------------------
+
+/// One run of a report, recorded in the history from the moment it exists: the report, its
+/// parameter values, the time it was scheduled for (none when started by hand), which attempt
+/// it is, and its history row.
+#[derive(Debug)]
+pub(crate) struct ReportRun<'a> {
+    pub(crate) report: &'a ReportDefinition,
+    pub(crate) values: Vec<(String, ParamValue)>,
+    pub(crate) scheduled_for: Option<DateTime<Utc>>,
+    pub(crate) attempt: u32,
+    pub(crate) run_id: i64,
 }
 
-/// Bind a report's parameter values into its plan as typed placeholders.
-pub(crate) fn bind_values(
-    plan: datafusion::logical_expr::LogicalPlan,
-    values: &[(String, ParamValue)],
-) -> Result<datafusion::logical_expr::LogicalPlan> {
-    let scalars = values
-        .iter()
-        .map(|(name, value)| (name.clone(), value.to_scalar()))
-        .collect();
-    Engine::bind(plan, scalars)
+impl<'a> ReportRun<'a> {
+    /// Record the start of a run (status `running`): the run gets its id here.
+    pub(crate) fn start(
+        history: &History,
+        report: &'a ReportDefinition,
+        values: Vec<(String, ParamValue)>,
+        scheduled_for: Option<DateTime<Utc>>,
+        attempt: u32,
+    ) -> Result<ReportRun<'a>> {
+        let run_id = history
+            .start(&report.name, scheduled_for, attempt)
+            .map_err(Error::from)?;
+        Ok(ReportRun {
+            report,
+            values,
+            scheduled_for,
+            attempt,
+            run_id,
+        })
+    }
+
+    /// Run it and record how it ended, by its id: `succeeded` with what it wrote, `failed` with
+    /// the error, or `timeout` the moment the report's `timeout` passes (the work is cancelled
+    /// by dropping it, and nothing is published).
+    pub(crate) async fn execute(&self, context: &ReportContext) -> Result<RunSummary> {
+        let history = &context.history;
+        let running = self.run_once(context);
+        let result = match self.report.timeout {
+            Some(limit) => match tokio::time::timeout(limit, running).await {
+                Ok(result) => result,
+                Err(_) => {
+                    let reason =
+                        format!("timed out after {}", crate::units::format_duration(limit));
+                    let _ = history.time_out(self.run_id, &reason);
+                    return Err(Error::ResourcesExhausted(format!(
+                        "report `{}` {reason}",
+                        self.report.name
+                    )));
+                }
+            },
+            None => running.await,
+        };
+        match result {
+            Ok(summary) => {
+                history
+                    .succeed(self.run_id, summary.rows, summary.bytes, &summary.output)
+                    .map_err(Error::from)?;
+                Ok(summary)
+            }
+            Err(error) => {
+                let _ = history.fail(self.run_id, &error.to_string());
+                Err(error)
+            }
+        }
+    }
+
+    /// Execute the report and publish its output, then its manifest.
+    async fn run_once(&self, context: &ReportContext) -> Result<RunSummary> {
+        let report = self.report;
+        let in_report = |e: Error| e.context(format!("report `{}`", report.name));
+        let engine = Engine::open(context.options.clone(), &context.tables)
+            .await
+            .map_err(in_report)?;
+        let plan = PlannedReport::plan(&engine, report)
+            .await
+            .map_err(in_report)?
+            .bind(&self.values)
+            .map_err(in_report)?;
+        let zone = report_zone(report)?;
+        let scheduled_date = self
+            .scheduled_for
+            .unwrap_or_else(Utc::now)
+            .with_timezone(&zone)
+            .date_naive();
+        let defaulted;
+        let with_output = match report.output {
+            Some(_) => report,
+            None => {
+                let template = format!(
+                    "reports/{{name}}/{{scheduled_date}}.{}",
+                    report.effective_format().as_str()
+                );
+                defaulted = report_with_template(report, &template);
+                &defaulted
+            }
+        };
+        let output = with_output
+            .render_output(&self.values, scheduled_date, &self.run_id.to_string())
+            .map(crate::storage::normalize_output)
+            .map_err(Error::from)?;
+        let options = RunOptions {
+            output: OutputSpec {
+                format: output_format(report.effective_format()),
+                destination: destination(&output)?,
+                max_table_rows: 0,
+                manifest: true,
+            },
+            stats: false,
+            progress: false,
+        };
+        let outcome = query::run_statement(&engine, plan, &options)
+            .await
+            .map_err(in_report)?;
+        let manifest = manifest_json(
+            &report.name,
+            outcome.output.rows,
+            outcome.output.bytes,
+            &outcome.output.sha256,
+            &self.values,
+            self.scheduled_for,
+            &output,
+        );
+        let manifest_path = publish_manifest(&engine, &output, manifest).await?;
+        Ok(RunSummary {
+            rows: outcome.output.rows,
+            bytes: outcome.output.bytes,
+            output,
+            manifest: manifest_path,
+        })
+    }
 }
 
 /// A report without an `output` in its header writes to `reports/{name}/{scheduled_date}.EXT`.
@@ -176,47 +277,6 @@ fn report_with_template(report: &ReportDefinition, template: &str) -> ReportDefi
     let mut copy = report.clone();
     copy.output = Some(template.to_string());
     copy
-}
-
-/// Plan a report's SQL: `SET` statements may come first, the last statement is the query.
-pub(crate) async fn plan_report(
-    engine: &Engine,
-    report: &ReportDefinition,
-) -> Result<datafusion::logical_expr::LogicalPlan> {
-    let mut statements = engine.parse(&report.sql).map_err(|e| {
-        e.context(format!(
-            "{} (SQL from line {})",
-            report.path.display(),
-            report.sql_line
-        ))
-    })?;
-    let last = statements.pop().ok_or_else(|| {
-        Error::Usage(format!(
-            "{}: no SQL after the header",
-            report.path.display()
-        ))
-    })?;
-    for statement in statements {
-        let plan = engine.plan(statement).await?;
-        query::drain(engine, plan).await?;
-    }
-    let plan = engine.plan(last).await.map_err(|e| {
-        e.context(format!(
-            "{} (SQL from line {})",
-            report.path.display(),
-            report.sql_line
-        ))
-    })?;
-    let declared: Vec<&str> = report.params.iter().map(|p| p.name.as_str()).collect();
-    for used in Engine::placeholders(&plan)? {
-        if !declared.contains(&used.as_str()) {
-            return Err(Error::Config(format!(
-                "{}: the SQL uses ${used}, which the header does not declare under [params]",
-                report.path.display()
-            )));
-        }
-    }
-    Ok(plan)
 }
 
 fn output_format(format: ReportFormat) -> OutputFormat {
@@ -249,38 +309,77 @@ pub(crate) fn manifest_path(output: &str) -> String {
     }
 }
 
-/// Write the manifest last, atomically: the output is complete before it appears.
-async fn publish_manifest(engine: &Engine, output: &str, manifest: &str) -> Result<String> {
+/// Publish the manifest through `output`, after the output is complete, so that its presence
+/// means the output is whole.
+async fn publish_manifest(engine: &Engine, output: &str, manifest: String) -> Result<String> {
     let path = manifest_path(output);
-    if path.starts_with("s3://") {
-        let target = engine.stores().object_target(&path)?;
-        target
-            .store
-            .put(&target.path, manifest.as_bytes().to_vec().into())
-            .await
-            .map_err(|e| crate::storage::store_error(&path, e))?;
-        return Ok(path);
-    }
-    let target = Path::new(&path);
-    let folder = target.parent().unwrap_or(Path::new("."));
-    let failed = |e: &dyn std::fmt::Display| Error::Output(format!("cannot write {path}: {e}"));
-    let mut temp = tempfile::Builder::new()
-        .prefix(".manifest.")
-        .tempfile_in(if folder.as_os_str().is_empty() {
-            Path::new(".")
-        } else {
-            folder
-        })
-        .map_err(|e| failed(&e))?;
-    std::io::Write::write_all(&mut temp, manifest.as_bytes()).map_err(|e| failed(&e))?;
-    temp.as_file().sync_all().map_err(|e| failed(&e))?;
-    temp.persist(target).map_err(|e| failed(&e.error))?;
+    let destination = destination(&path)?;
+    let object = match &destination {
+        Destination::Object(url) => Some(engine.stores().object_target(url)?),
+        _ => None,
+    };
+    output::publish_bytes(&destination, object, manifest.into_bytes()).await?;
     Ok(path)
 }
 
-/// The scheduler's runner: each firing runs its report with default parameters, recorded.
+/// The manifest published last, beside a report's output: what was written, from which values,
+/// for which scheduled time, by which spillway. A pretty JSON object ending in a newline.
+pub(crate) fn manifest_json(
+    report: &str,
+    rows: u64,
+    bytes: u64,
+    sha256_hex: &str,
+    values: &[(String, ParamValue)],
+    scheduled_for: Option<DateTime<Utc>>,
+    output: &str,
+) -> String {
+    let params: serde_json::Map<String, serde_json::Value> = values
+        .iter()
+        .map(|(name, value)| (name.clone(), value.to_json()))
+        .collect();
+    let manifest = serde_json::json!({
+        "report": report,
+        "output": output,
+        "rows": rows,
+        "bytes": bytes,
+        "sha256": sha256_hex,
+        "params": params,
+        "scheduled_for": scheduled_for
+            .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        "spillway_version": env!("CARGO_PKG_VERSION"),
+    });
+    // Serialising a `Value` built from strings and numbers cannot fail.
+    let mut text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+// ---------------------------------------------------------------------------------------------
+// The scheduler's runner
+// ---------------------------------------------------------------------------------------------
+
+/// The scheduler's runner: each firing is a [`ReportRun`] of its report with default
+/// parameters, bounded by the report's own timeout.
 pub(crate) struct ReportRunner {
     pub(crate) context: Arc<ReportContext>,
+    /// The history row of each attempt under way, so a cancelled one is closed by its id.
+    under_way: Mutex<HashMap<(String, DateTime<Utc>, u32), i64>>,
+}
+
+impl ReportRunner {
+    pub(crate) fn new(context: Arc<ReportContext>) -> ReportRunner {
+        ReportRunner {
+            context,
+            under_way: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn under_way(&self) -> std::sync::MutexGuard<'_, HashMap<(String, DateTime<Utc>, u32), i64>> {
+        // The map stays consistent whatever panicked while holding it.
+        self.under_way
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
 }
 
 #[async_trait::async_trait]
@@ -293,7 +392,21 @@ impl Runner for ReportRunner {
             Ok(values) => values,
             Err(error) => return RunOutcome::Failed(error.to_string()),
         };
-        match run_recorded(&self.context, report, &values, Some(scheduled_for), attempt).await {
+        let run = match ReportRun::start(
+            &self.context.history,
+            report,
+            values,
+            Some(scheduled_for),
+            attempt,
+        ) {
+            Ok(run) => run,
+            Err(error) => return RunOutcome::Failed(error.to_string()),
+        };
+        let key = (run.report.name.clone(), scheduled_for, run.attempt);
+        self.under_way().insert(key.clone(), run.run_id);
+        let result = run.execute(&self.context).await;
+        self.under_way().remove(&key);
+        match result {
             Ok(summary) => {
                 tracing::info!(
                     "report {job} for {scheduled_for}: {} rows, {} bytes → {}",
@@ -312,15 +425,10 @@ impl Runner for ReportRunner {
     }
 
     async fn cancelled(&self, job: &str, scheduled_for: DateTime<Utc>, attempt: u32, reason: &str) {
-        // The attempt's row is the newest running one for this report and time.
-        if let Ok(runs) = self.context.history.list(Some(job), 20) {
-            if let Some(run) = runs.iter().find(|run| {
-                run.status == report::RunStatus::Running
-                    && run.scheduled_for == Some(scheduled_for)
-                    && run.attempt == attempt
-            }) {
-                let _ = self.context.history.fail(run.id, reason);
-            }
+        let key = (job.to_string(), scheduled_for, attempt);
+        let run_id = self.under_way().remove(&key);
+        if let Some(run_id) = run_id {
+            let _ = self.context.history.fail(run_id, reason);
         }
     }
 }
@@ -328,6 +436,65 @@ impl Runner for ReportRunner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::parse_report;
+    use crate::report::test_fixtures::date;
+    use std::path::Path;
+
+    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid test time")
+    }
+
+    #[test]
+    fn manifest_has_every_field_escaped() {
+        let values = vec![
+            ("month".to_string(), ParamValue::Date(date(2024, 1, 1))),
+            (
+                "states".to_string(),
+                ParamValue::List(vec!["CA".into(), "NY".into()]),
+            ),
+            ("n".to_string(), ParamValue::Int(3)),
+            ("x".to_string(), ParamValue::Float(1.5)),
+            (
+                "who".to_string(),
+                ParamValue::String("a \"quoted\"\nline".into()),
+            ),
+        ];
+        let text = manifest_json(
+            "r",
+            12,
+            345,
+            "abc123",
+            &values,
+            Some(utc(2024, 2, 1, 11, 0)),
+            "out/r.csv",
+        );
+        assert!(text.ends_with('\n'));
+        let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({
+                "report": "r",
+                "output": "out/r.csv",
+                "rows": 12,
+                "bytes": 345,
+                "sha256": "abc123",
+                "params": {
+                    "month": "2024-01-01",
+                    "states": ["CA", "NY"],
+                    "n": 3,
+                    "x": 1.5,
+                    "who": "a \"quoted\"\nline",
+                },
+                "scheduled_for": "2024-02-01T11:00:00Z",
+                "spillway_version": env!("CARGO_PKG_VERSION"),
+            })
+        );
+        let manual = manifest_json("r", 0, 0, "", &[], None, "o");
+        let parsed: serde_json::Value = serde_json::from_str(&manual).unwrap();
+        assert_eq!(parsed["scheduled_for"], serde_json::Value::Null);
+    }
 
     #[test]
     fn the_manifest_sits_beside_the_output_with_an_underscore_name() {
@@ -339,6 +506,126 @@ mod tests {
         assert_eq!(
             manifest_path("s3://b/r/o.parquet"),
             "s3://b/r/_SUCCESS-o.parquet.json"
+        );
+    }
+
+    fn report(text: &str) -> ReportDefinition {
+        parse_report(Path::new("queries/q.sql"), text)
+            .expect("the header parses")
+            .expect("the text is a report")
+    }
+
+    fn engine() -> Engine {
+        Engine::new(EngineOptions::default()).expect("an engine with default options")
+    }
+
+    #[tokio::test]
+    async fn planning_applies_the_leading_sets_and_plans_the_last_statement() {
+        let engine = engine();
+        let report = report(
+            "/* report\nname = \"r\"\n*/\nSET datafusion.execution.batch_size = 123;\nSELECT 1 AS first;\nSELECT 2 AS last\n",
+        );
+        let planned = PlannedReport::plan(&engine, &report).await.unwrap();
+        assert_eq!(engine.context().state().config().batch_size(), 123);
+        let columns: Vec<&str> = planned
+            .plan_without_values()
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| field.name().as_str())
+            .collect();
+        assert_eq!(columns, ["last"]);
+    }
+
+    #[tokio::test]
+    async fn an_undeclared_placeholder_is_refused_naming_it_and_the_file() {
+        let report = report(
+            "/* report\nname = \"r\"\n[params.n]\ntype = \"int\"\ndefault = 1\n*/\nSELECT $n AS n, $nope AS x\n",
+        );
+        match PlannedReport::plan(&engine(), &report).await {
+            Err(Error::Config(message)) => {
+                assert_eq!(
+                    message,
+                    "queries/q.sql: the SQL uses $nope, which the header does not declare under [params]"
+                );
+            }
+            other => panic!("expected a config error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn values_are_bound_with_their_types() {
+        use datafusion::arrow::array::{Array, Date32Array, Float64Array, Int64Array, StringArray};
+        use datafusion::arrow::datatypes::DataType;
+        let engine = engine();
+        let report = report(
+            "/* report\nname = \"r\"\n[params.d]\ntype = \"date\"\ndefault = \"2024-01-01\"\n\
+             [params.n]\ntype = \"int\"\ndefault = 7\n[params.f]\ntype = \"float\"\ndefault = 0.5\n\
+             [params.s]\ntype = \"string\"\ndefault = \"x'; DROP TABLE t; --\"\n\
+             [params.l]\ntype = \"list\"\ndefault = [\"CA\", \"NY\"]\n*/\n\
+             SELECT $d AS d, $n AS n, $f AS f, $s AS s, array_length($l) AS l\n",
+        );
+        let planned = PlannedReport::plan(&engine, &report).await.unwrap();
+        let values = report.bind(&[]).unwrap();
+        let plan = planned.bind(&values).unwrap();
+        let batches = engine
+            .context()
+            .execute_logical_plan(plan)
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        assert_eq!(batches.len(), 1);
+        let batch = &batches[0];
+        let types: Vec<DataType> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| field.data_type().clone())
+            .collect();
+        assert_eq!(
+            types[..4],
+            [
+                DataType::Date32,
+                DataType::Int64,
+                DataType::Float64,
+                DataType::Utf8
+            ]
+        );
+        let column = |index: usize| batch.column(index).clone();
+        // 2024-01-01 is 19723 days after 1970-01-01 (54 years, 13 of them leap).
+        let dates = column(0);
+        let dates = dates.as_any().downcast_ref::<Date32Array>().unwrap();
+        assert_eq!(dates.value(0), 19723);
+        let ints = column(1);
+        assert_eq!(
+            ints.as_any().downcast_ref::<Int64Array>().unwrap().value(0),
+            7
+        );
+        let floats = column(2);
+        assert_eq!(
+            floats
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .value(0),
+            0.5
+        );
+        let strings = column(3);
+        assert_eq!(
+            strings
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .value(0),
+            "x'; DROP TABLE t; --"
+        );
+        let lengths = column(4);
+        assert_eq!(lengths.len(), 1);
+        assert_eq!(
+            datafusion::common::ScalarValue::try_from_array(&lengths, 0).unwrap(),
+            datafusion::common::ScalarValue::UInt64(Some(2))
         );
     }
 }

@@ -222,3 +222,86 @@ fn a_run_killed_with_sigkill_shows_as_incomplete_and_publishes_nothing() {
         "previous complete result\n"
     );
 }
+
+/// A report over a query that runs for minutes under 16 MiB (it sorts three billion numbers, so
+/// it spills), bounded by a one-second timeout.
+const SLOW_WITH_TIMEOUT: &str = "name = \"slow\"\ntimeout = \"1s\"\n";
+const SLOW_SQL: &str = "SELECT value FROM generate_series(1, 3000000000) ORDER BY value DESC\n";
+
+#[test]
+fn report_run_past_its_timeout_is_cancelled_and_recorded_as_timeout_at_once() {
+    let slow = format!("/* report\n{SLOW_WITH_TIMEOUT}output = \"out/slow.csv\"\n*/\n{SLOW_SQL}");
+    let ws = workspace(&[("slow", &slow)]);
+    ws.write("out/slow.csv", "previous complete result\n");
+    let started = Instant::now();
+    let run = ws.run(&["--memory-limit", "16MiB", "report", "run", "slow"]);
+    let err = run.failure(7);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(err.contains("report `slow` timed out after 1s"), "{err}");
+    let history = ws.run(&["report", "history", "slow"]);
+    let text = history.success();
+    let rows: Vec<&str> = text.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{text}");
+    let fields: Vec<&str> = rows[0].split('\t').collect();
+    assert_eq!(fields[6], "timeout", "{text}");
+    assert_eq!(fields[10], "timed out after 1s", "{text}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path("out/slow.csv")).unwrap(),
+        "previous complete result\n"
+    );
+    let left: Vec<_> = ws.files_below("out");
+    assert_eq!(left, [ws.path("out/slow.csv")], "nothing else is published");
+}
+
+#[test]
+fn a_scheduled_run_past_its_timeout_is_recorded_as_timeout_while_the_daemon_runs() {
+    let slow = format!(
+        "/* report\n{SLOW_WITH_TIMEOUT}output = \"out/{{run_id}}.csv\"\n\
+         schedule = {{ cron = \"* * * * * *\", timezone = \"UTC\" }}\n*/\n{SLOW_SQL}"
+    );
+    let ws = workspace(&[("slow", &slow)]);
+    let mut daemon = ws
+        .command()
+        .args(["--memory-limit", "16MiB", "schedule"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut text = String::new();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        text = ws.run(&["report", "history", "slow"]).success().to_string();
+        if text.lines().any(|l| l.contains("\ttimeout\t")) {
+            break;
+        }
+    }
+    let daemon_still_running = daemon.try_wait().unwrap().is_none();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    assert!(daemon_still_running, "the daemon ended early:\n{text}");
+    let timed_out: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split('\t').collect::<Vec<_>>())
+        .filter(|fields| fields.get(6) == Some(&"timeout"))
+        .collect();
+    assert!(!timed_out.is_empty(), "no run recorded as timeout:\n{text}");
+    for fields in timed_out {
+        assert_eq!(fields[10], "timed out after 1s", "{text}");
+        assert!(
+            !fields[2].is_empty(),
+            "a scheduled run has its time:\n{text}"
+        );
+    }
+    let csvs = ws
+        .files_below("out")
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "csv"))
+        .count();
+    assert_eq!(csvs, 0, "a timed-out run publishes nothing");
+}
