@@ -30,39 +30,19 @@ fi
 command -v psql >/dev/null || { echo "serve.sh: needs psql (postgresql-client)" >&2; exit 2; }
 
 data="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/claims-$rows-$format"
-if [ ! -d "$data" ]; then
+# The generator prints the table's config (for CSV with the explicit schema); it is kept beside
+# the cached data, and a cache without it is made again.
+if [ ! -d "$data" ] || [ ! -f "$data.toml" ]; then
   echo "serve.sh: generating $rows claims ($format) in $data" >&2
-  "$SPILLWAY_BIN" gen claims --rows "$rows" --files 8 --format "$format" --out "$data" --seed 42
+  rm -rf "$data"
+  "$SPILLWAY_BIN" gen claims --rows "$rows" --files 8 --format "$format" --out "$data" --seed 42 \
+    --print-config > "$data.toml.tmp"
+  mv "$data.toml.tmp" "$data.toml"
 fi
 
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT
-cat > "$work/spillway.toml" <<EOF
-[tables.claims]
-location = "$data/*.$format"
-EOF
-if [ "$format" = csv ]; then
-  cat >> "$work/spillway.toml" <<EOF
-[tables.claims.schema]
-claim_id = "int64"
-member_id = "string"
-fill_date = "date"
-ndc = "string"
-brand_generic = "string"
-diagnosis_code = "string"
-prescriber_npi = "string"
-pharmacy_npi = "string"
-plan_id = "string"
-member_state = "string"
-days_supply = "int32"
-quantity = "decimal(10,3)"
-ingredient_cost = "decimal(12,2)"
-dispensing_fee = "decimal(8,2)"
-copay = "decimal(10,2)"
-plan_paid = "decimal(12,2)"
-total_cost = "decimal(12,2)"
-EOF
-fi
+cp "$data.toml" "$work/spillway.toml"
 (cd "$work" && exec "$SPILLWAY_BIN" serve --listen 127.0.0.1:0 > "$work/out" 2> "$work/log") &
 pid=$!
 for _ in $(seq 200); do

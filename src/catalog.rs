@@ -143,7 +143,9 @@ pub(crate) struct TableSpec {
     pub(crate) compression: Option<Compression>,
     pub(crate) csv: CsvDialect,
     pub(crate) partition_columns: Vec<String>,
-    /// An explicit schema; `None` infers one from a bounded sample of each file.
+    /// An explicit schema; `None` infers one from a bounded sample of each file. For CSV with a
+    /// header, a schema naming only some of the columns types those and the rest are inferred
+    /// (see [`table_schema`]).
     pub(crate) schema: Option<SchemaRef>,
     pub(crate) infer_rows: usize,
     /// S3 settings of this table's bucket, over `[storage.s3]`.
@@ -221,17 +223,11 @@ impl TableSpec {
 pub(crate) struct RegisteredTable {
     pub(crate) spec: TableSpec,
     pub(crate) resolved: ResolvedLocation,
-    pub(crate) format: TableFormat,
     pub(crate) schema: SchemaRef,
     listing_format: Arc<dyn FileFormat>,
 }
 
 impl RegisteredTable {
-    /// Total size of the table's files in bytes.
-    pub(crate) fn bytes(&self) -> u64 {
-        storage::total_bytes(&self.resolved.files)
-    }
-
     /// A listing table over one of this table's files only: used to find which file holds a
     /// malformed record (DataFusion's CSV errors do not name the file).
     pub(crate) fn single_file_table(&self, file: &ObjectMeta) -> Result<ListingTable> {
@@ -278,12 +274,16 @@ pub(crate) async fn register(
             .retain(|meta| has_extension(meta, &extension));
     }
     let listing_format = file_format(spec, format, compression, tab)?;
-    let schema = match &spec.schema {
-        Some(schema) => schema.clone(),
-        None => infer_schema(ctx, store, &listing_format, format, &resolved)
-            .await
-            .map_err(in_table)?,
-    };
+    let schema = table_schema(
+        ctx,
+        store,
+        spec,
+        (format, compression, tab),
+        &listing_format,
+        &resolved,
+    )
+    .await
+    .map_err(in_table)?;
     let partition_columns = spec
         .partition_columns
         .iter()
@@ -325,7 +325,6 @@ pub(crate) async fn register(
     Ok(RegisteredTable {
         spec: spec.clone(),
         resolved,
-        format,
         schema: file_schema,
         listing_format,
     })
@@ -479,18 +478,7 @@ fn file_format(
     tab: bool,
 ) -> Result<Arc<dyn FileFormat>> {
     Ok(match format {
-        TableFormat::Csv => {
-            let delimiter = spec.csv.delimiter.unwrap_or(if tab { b'\t' } else { b',' });
-            let format = CsvFormat::default()
-                .with_has_header(spec.csv.header)
-                .with_delimiter(delimiter)
-                .with_quote(spec.csv.quote)
-                .with_escape(spec.csv.escape)
-                .with_null_regex(null_regex(&spec.csv.null_values))
-                .with_schema_infer_max_rec(spec.infer_rows)
-                .with_file_compression_type(compression.file_type());
-            Arc::new(format)
-        }
+        TableFormat::Csv => Arc::new(csv_format(spec, compression, tab, spec.infer_rows)),
         // DataFusion reads the last 512 KiB of every file to find its footer; footers of
         // claims and H2O files are 5-20 KiB, and the larger read costs page faults per file
         // at every start (a longer footer still works: it is read again, whole).
@@ -503,6 +491,25 @@ fn file_format(
                 .with_file_compression_type(compression.file_type()),
         ),
     })
+}
+
+/// DataFusion's CSV reader for the spec's dialect, inferring types from `infer_rows` rows (0: only
+/// the header is read, and every column is text).
+fn csv_format(
+    spec: &TableSpec,
+    compression: Compression,
+    tab: bool,
+    infer_rows: usize,
+) -> CsvFormat {
+    let delimiter = spec.csv.delimiter.unwrap_or(if tab { b'\t' } else { b',' });
+    CsvFormat::default()
+        .with_has_header(spec.csv.header)
+        .with_delimiter(delimiter)
+        .with_quote(spec.csv.quote)
+        .with_escape(spec.csv.escape)
+        .with_null_regex(null_regex(&spec.csv.null_values))
+        .with_schema_infer_max_rec(infer_rows)
+        .with_file_compression_type(compression.file_type())
 }
 
 /// One anchored regex matching exactly the configured NULL strings.
@@ -545,6 +552,85 @@ fn arrow_type(column_type: ColumnType) -> DataType {
         ColumnType::Date => DataType::Date32,
         ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, None),
     }
+}
+
+/// The schema a table is read with.
+///
+/// Without a configured schema, the inferred one. A configured schema is used as it is (as it
+/// always was: positionally for CSV, by name for Parquet and NDJSON, where naming a subset of
+/// the columns already reads just those) unless the table is CSV with a header and the schema
+/// names a different number of columns than the first file's header has: then it is a partial
+/// schema, like DuckDB's `types=`. The columns it names must all be in the header; they get
+/// its types, the others are inferred, and the order is the file's. Telling the two apart costs
+/// one read of the first file's header; a partial schema costs the inference pass it replaces.
+async fn table_schema(
+    ctx: &SessionContext,
+    store: &Arc<dyn ObjectStore>,
+    spec: &TableSpec,
+    (format, compression, tab): (TableFormat, Compression, bool),
+    listing_format: &Arc<dyn FileFormat>,
+    resolved: &ResolvedLocation,
+) -> Result<SchemaRef> {
+    let Some(named) = &spec.schema else {
+        return infer_schema(ctx, store, listing_format, format, resolved).await;
+    };
+    let first = match resolved.files.first() {
+        Some(first) if format == TableFormat::Csv && spec.csv.header => first,
+        _ => return Ok(named.clone()),
+    };
+    let header_format = csv_format(spec, compression, tab, 0);
+    let header = header_format
+        .infer_schema(&ctx.state(), store, std::slice::from_ref(first))
+        .await
+        .map_err(|e| Error::from(e).context(format!("file `{}`", first.location)))?;
+    let columns: Vec<String> = header.fields().iter().map(|f| f.name().clone()).collect();
+    // An empty first file has no header to compare with: read it as before.
+    if columns.is_empty() || columns.len() == named.fields().len() {
+        return Ok(named.clone());
+    }
+    let missing = columns_not_in(named, &columns);
+    if !missing.is_empty() {
+        return Err(Error::Config(format!(
+            "the schema names {} that `{}` does not have (its columns: {}); a schema names \
+             columns of the file, to give them a type, and the others are inferred",
+            list_columns("column", &missing),
+            first.location,
+            columns.join(", ")
+        )));
+    }
+    let inferred = infer_schema(ctx, store, listing_format, format, resolved).await?;
+    Ok(with_named_types(&inferred, named))
+}
+
+/// The names of `named`'s columns that `columns` lacks, in the schema's order.
+fn columns_not_in(named: &SchemaRef, columns: &[String]) -> Vec<String> {
+    named
+        .fields()
+        .iter()
+        .map(|field| field.name().clone())
+        .filter(|name| !columns.contains(name))
+        .collect()
+}
+
+/// "column `a`" or "columns `a`, `b`".
+fn list_columns(noun: &str, names: &[String]) -> String {
+    let quoted: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+    let plural = if names.len() == 1 { "" } else { "s" };
+    format!("{noun}{plural} {}", quoted.join(", "))
+}
+
+/// The inferred schema, with the columns `named` names taking its types (order and the other
+/// columns as inferred).
+fn with_named_types(inferred: &SchemaRef, named: &SchemaRef) -> SchemaRef {
+    let fields: Vec<Field> = inferred
+        .fields()
+        .iter()
+        .map(|field| match named.field_with_name(field.name()) {
+            Ok(typed) => typed.clone(),
+            Err(_) => field.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
 }
 
 /// Infer each file's schema from a bounded sample and check that they agree; the result is
@@ -714,6 +800,47 @@ mod tests {
         let c: SchemaRef = Arc::new(Schema::new(vec![Field::new("x", DataType::Float64, true)]));
         let merged = merge_schemas("a.csv", &a, "c.csv", &c, true).unwrap();
         assert_eq!(merged.field(0).data_type(), &DataType::Float64);
+    }
+
+    #[test]
+    fn a_partial_schema_types_the_columns_it_names_and_keeps_the_rest_in_file_order() {
+        let inferred: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("ndc", DataType::Int64, true),
+            Field::new("cost", DataType::Float64, true),
+        ]));
+        let named: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("cost", DataType::Decimal128(12, 2), true),
+            Field::new("ndc", DataType::Utf8, true),
+        ]));
+        let merged = with_named_types(&inferred, &named);
+        let columns: Vec<(String, DataType)> = merged
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        assert_eq!(
+            columns,
+            [
+                ("id".to_string(), DataType::Int64),
+                ("ndc".to_string(), DataType::Utf8),
+                ("cost".to_string(), DataType::Decimal128(12, 2)),
+            ]
+        );
+    }
+
+    #[test]
+    fn columns_a_schema_names_but_the_file_lacks_are_listed_in_schema_order() {
+        let named: SchemaRef = Arc::new(Schema::new(vec![
+            Field::new("zip", DataType::Utf8, true),
+            Field::new("ndc", DataType::Utf8, true),
+            Field::new("npi", DataType::Utf8, true),
+        ]));
+        let columns = ["id".to_string(), "ndc".to_string()];
+        let missing = columns_not_in(&named, &columns);
+        assert_eq!(missing, ["zip", "npi"]);
+        assert_eq!(list_columns("column", &missing), "columns `zip`, `npi`");
+        assert_eq!(list_columns("column", &missing[..1]), "column `zip`");
     }
 
     #[test]

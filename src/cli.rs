@@ -324,6 +324,10 @@ pub(crate) struct GenClaimsArgs {
     /// Days of fills from --start
     #[arg(long, default_value_t = 366)]
     pub(crate) days: u32,
+    /// Then print the [tables.claims] section of a spillway.toml that reads the files (their
+    /// glob, format and, for CSV, the explicit schema) on stdout: `--print-config >> spillway.toml`
+    #[arg(long)]
+    pub(crate) print_config: bool,
 }
 
 #[derive(Debug, Args)]

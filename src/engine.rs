@@ -39,7 +39,6 @@ use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::Mutex;
 
 /// Rows per batch. DataFusion's default; smaller batches cost throughput, larger ones memory.
 pub(crate) const DEFAULT_BATCH_SIZE: usize = 8192;
@@ -178,20 +177,6 @@ impl Engine {
     /// The object stores tables and outputs are read from and written to.
     pub(crate) fn stores(&self) -> &StoreRegistry {
         &self.stores
-    }
-
-    /// The tables registered so far.
-    pub(crate) fn tables(&self) -> &[RegisteredTable] {
-        &self.tables
-    }
-
-    /// Bytes currently held in spill files.
-    pub(crate) fn spill_bytes_on_disk(&self) -> u64 {
-        self.ctx
-            .runtime_env()
-            .disk_manager
-            .spilling_progress()
-            .current_bytes
     }
 
     /// The engine every entry point runs on: a session with `options`, and `specs` registered

@@ -19,6 +19,8 @@ use object_store::{ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
 use std::io::{self, BufWriter, IsTerminal, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
 
 /// Batches in flight between the query and the writer thread.
@@ -151,11 +153,12 @@ impl Sink {
             }
             (destination, _) => Target::open(destination)?,
         };
-        let writer = FormatWriter::new(spec, schema, target)?;
+        let reader_gone = ReaderGone::default();
+        let writer = FormatWriter::new(spec, schema, target, reader_gone.clone())?;
         let (sender, receiver) = mpsc::channel(CHANNEL_DEPTH);
         let worker = std::thread::Builder::new()
             .name("spillway-output".into())
-            .spawn(move || run_writer(writer, receiver))
+            .spawn(move || run_writer(writer, reader_gone, receiver))
             .map_err(|e| Error::Internal(format!("cannot start the output thread: {e}")))?;
         Ok(Sink {
             sender: Some(sender),
@@ -207,33 +210,37 @@ fn join_worker(
 
 fn run_writer(
     mut writer: FormatWriter,
+    reader_gone: ReaderGone,
     mut receiver: mpsc::Receiver<Message>,
 ) -> Result<OutputSummary> {
     let mut rows = 0u64;
+    // A closed pipe ends the output early, as `head` expects of a Unix filter: not an error.
+    let stopped = |rows: u64| OutputSummary {
+        rows,
+        reader_gone: true,
+        ..OutputSummary::default()
+    };
     while let Some(message) = receiver.blocking_recv() {
         match message {
             Message::Batch(batch) => {
                 rows += batch.num_rows() as u64;
-                match writer.write(&batch) {
+                match writer.write(&batch).map_err(|e| reader_gone.classify(e)) {
                     Ok(()) => {}
-                    Err(WriteError::ReaderGone) => {
-                        return Ok(OutputSummary {
-                            rows,
-                            reader_gone: true,
-                            ..OutputSummary::default()
-                        });
-                    }
+                    Err(WriteError::ReaderGone) => return Ok(stopped(rows)),
                     Err(WriteError::Failed(error)) => return Err(error),
                 }
             }
             Message::Finish => {
-                let (bytes, sha256) = writer.close().map_err(WriteError::into_error)?;
-                return Ok(OutputSummary {
-                    rows,
-                    bytes,
-                    reader_gone: false,
-                    sha256,
-                });
+                return match writer.close().map_err(|e| reader_gone.classify(e)) {
+                    Ok((bytes, sha256)) => Ok(OutputSummary {
+                        rows,
+                        bytes,
+                        reader_gone: false,
+                        sha256,
+                    }),
+                    Err(WriteError::ReaderGone) => Ok(stopped(rows)),
+                    Err(WriteError::Failed(error)) => Err(error),
+                };
             }
         }
     }
@@ -371,11 +378,24 @@ enum WriteError {
     Failed(Error),
 }
 
-impl WriteError {
-    fn into_error(self) -> Error {
-        match self {
-            WriteError::ReaderGone => Error::Output("the reader closed the pipe".into()),
-            WriteError::Failed(error) => error,
+/// Whether a write found the reader gone. The format writers keep only the text of an I/O
+/// error (arrow's CSV writer reports `Csv error: Broken pipe`, Parquet's its own error), so the
+/// closed pipe is noticed where the bytes leave, in [`Counted`], and remembered here.
+#[derive(Clone, Default)]
+struct ReaderGone(Arc<AtomicBool>);
+
+impl ReaderGone {
+    fn notice(&self, error: &io::Error) {
+        if error.kind() == io::ErrorKind::BrokenPipe {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A failure caused by the closed pipe, whatever the format writer made of it.
+    fn classify(&self, error: WriteError) -> WriteError {
+        match error {
+            WriteError::Failed(_) if self.0.load(Ordering::Relaxed) => WriteError::ReaderGone,
+            other => other,
         }
     }
 }
@@ -512,25 +532,29 @@ impl Target {
     }
 
     /// Flush, and for a file sync it (when `sync`) and rename it over the target.
-    fn publish(self, sync: bool) -> Result<()> {
+    fn publish(self, sync: bool) -> std::result::Result<(), WriteError> {
         match self {
-            Target::Stdout(mut out) => out
-                .flush()
-                .map_err(|e| Error::Output(format!("stdout: {e}"))),
+            Target::Stdout(mut out) => out.flush().map_err(|e| match classify_io(e) {
+                WriteError::Failed(error) => WriteError::Failed(error.context("stdout")),
+                gone => gone,
+            }),
             Target::File { temp, path, .. } => {
                 let failed = |e: &dyn std::fmt::Display| {
                     Error::Output(format!("cannot write {}: {e}", path.display()))
                 };
-                let temp = temp
-                    .into_inner()
-                    .map_err(|e| failed(&e.error().to_string()))?;
-                if sync {
-                    temp.as_file().sync_all().map_err(|e| failed(&e))?;
-                }
-                temp.persist(&path).map_err(|e| failed(&e.error))?;
-                Ok(())
+                let published = || -> Result<()> {
+                    let temp = temp
+                        .into_inner()
+                        .map_err(|e| failed(&e.error().to_string()))?;
+                    if sync {
+                        temp.as_file().sync_all().map_err(|e| failed(&e))?;
+                    }
+                    temp.persist(&path).map_err(|e| failed(&e.error))?;
+                    Ok(())
+                };
+                published().map_err(WriteError::Failed)
             }
-            Target::Object(upload) => upload.complete(),
+            Target::Object(upload) => upload.complete().map_err(WriteError::Failed),
         }
     }
 
@@ -568,11 +592,15 @@ struct Counted {
     sha256: Option<Sha256>,
     /// Sync a file to disk before publishing it.
     sync: bool,
+    reader_gone: ReaderGone,
 }
 
 impl Write for Counted {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(buf)?;
+        let written = self
+            .inner
+            .write(buf)
+            .inspect_err(|e| self.reader_gone.notice(e))?;
         self.bytes += written as u64;
         if let Some(sha256) = &mut self.sha256 {
             sha256.update(&buf[..written]);
@@ -580,7 +608,9 @@ impl Write for Counted {
         Ok(written)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        self.inner
+            .flush()
+            .inspect_err(|e| self.reader_gone.notice(e))
     }
 }
 
@@ -595,13 +625,19 @@ enum FormatWriter {
 }
 
 impl FormatWriter {
-    fn new(spec: &OutputSpec, schema: SchemaRef, target: Target) -> Result<FormatWriter> {
+    fn new(
+        spec: &OutputSpec,
+        schema: SchemaRef,
+        target: Target,
+        reader_gone: ReaderGone,
+    ) -> Result<FormatWriter> {
         let described = target.describe();
         let out = Counted {
             inner: target,
             bytes: 0,
             sha256: spec.manifest.then(Sha256::new),
             sync: spec.manifest,
+            reader_gone,
         };
         let failed = |e: &dyn std::fmt::Display| Error::Output(format!("{described}: {e}"));
         Ok(match spec.format {
@@ -681,7 +717,7 @@ impl FormatWriter {
             .sha256
             .map(|sha256| hex(&sha256.finalize()))
             .unwrap_or_default();
-        out.inner.publish(out.sync).map_err(WriteError::Failed)?;
+        out.inner.publish(out.sync)?;
         Ok((bytes, sha256))
     }
 }

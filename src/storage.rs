@@ -24,7 +24,6 @@ pub(crate) use registry::{ObjectTarget, StoreRegistry};
 
 use crate::error::{Error, Result};
 use datafusion::datasource::listing::ListingTableUrl;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::stream::TryStreamExt;
 use globset::{Glob, GlobMatcher};
 use object_store::path::Path as StorePath;
@@ -42,8 +41,6 @@ const GLOB_CHARS: &[char] = &['*', '?', '[', '{'];
 pub(crate) struct Location {
     /// What the user wrote, for error messages.
     pub(crate) original: String,
-    /// The store's URL, e.g. `file://` or `s3://bucket`.
-    pub(crate) store_url: ObjectStoreUrl,
     /// The folder (or single file) to list, as a URL.
     pub(crate) base: Url,
     /// The glob, relative to `base`, if the location has one.
@@ -86,7 +83,6 @@ impl Location {
             )));
         }
         let (prefix, pattern) = split_glob(key);
-        let store_url = ObjectStoreUrl::parse(format!("s3://{bucket}"))?;
         let mut base = Url::parse(&format!("s3://{bucket}/"))
             .map_err(|e| Error::Usage(format!("location `{original}`: {e}")))?;
         let as_folder = pattern.is_some() || prefix.is_empty() || prefix.ends_with('/');
@@ -102,7 +98,6 @@ impl Location {
         }
         Ok(Location {
             original: original.to_string(),
-            store_url,
             base,
             pattern: pattern.map(str::to_string),
         })
@@ -141,7 +136,6 @@ impl Location {
         .map_err(|()| Error::Usage(format!("location `{original}` is not a valid path")))?;
         Ok(Location {
             original: original.to_string(),
-            store_url: ObjectStoreUrl::local_filesystem(),
             base,
             pattern: pattern.map(str::to_string),
         })
@@ -350,11 +344,6 @@ pub(crate) fn store_error(location: &str, error: object_store::Error) -> Error {
         }
         _ => Error::Storage(format!("`{location}`: {message}")),
     }
-}
-
-/// Keep only the files of a resolved location (for callers that need plain metadata).
-pub(crate) fn total_bytes(files: &[ObjectMeta]) -> u64 {
-    files.iter().map(|meta| meta.size).sum()
 }
 
 #[cfg(test)]

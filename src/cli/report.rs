@@ -3,7 +3,7 @@
 
 use crate::cli::options;
 use crate::cli::{
-    self, ReportCommand, ReportHistoryArgs, ReportNameArgs, ReportRunArgs, ReportSource,
+    ReportCommand, ReportHistoryArgs, ReportNameArgs, ReportRunArgs, ReportSource,
     ReportValidateArgs, ScheduleArgs,
 };
 use crate::config::ConfigFile;
@@ -15,7 +15,6 @@ use crate::report::{self, History, ReportDefinition};
 use crate::schedule::{CronSchedule, MissedRunPolicy, Scheduler, SystemClock};
 use chrono::{DateTime, Utc};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 

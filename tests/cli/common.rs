@@ -114,8 +114,10 @@ impl Workspace {
         Outcome::from_output(child.wait_with_output().expect("wait"))
     }
 
-    /// Generate claims with the binary's generator.
-    pub fn gen_claims(&self, rows: u64, files: usize, format: &str, out: &str) {
+    /// Generate claims with the binary's generator; returns the `[tables.claims]` section of a
+    /// `spillway.toml` that reads them, as the generator prints it (`--print-config`: for CSV
+    /// with the explicit schema, so NDCs keep their leading zeros and money stays decimal).
+    pub fn gen_claims(&self, rows: u64, files: usize, format: &str, out: &str) -> String {
         self.run(&[
             "gen",
             "claims",
@@ -129,8 +131,10 @@ impl Workspace {
             out,
             "--seed",
             "7",
+            "--print-config",
         ])
-        .success();
+        .success()
+        .to_string()
     }
 
     /// Every file below `relative`, recursively (to check that nothing was left behind).
@@ -242,10 +246,27 @@ pub fn cents(text: &str) -> i64 {
 
 /// Parse CSV output (no quoting in our test data) into rows of fields, header dropped.
 pub fn csv_rows(text: &str) -> Vec<Vec<String>> {
-    text.lines()
-        .skip(1)
-        .map(|line| line.split(',').map(str::to_string).collect())
-        .collect()
+    text.lines().skip(1).map(csv_fields).collect()
+}
+
+/// The fields of one CSV line (RFC 4180 quoting: `"a, b"` is one field, `""` inside quotes is
+/// a quote). Values with line breaks are not expected in these tests.
+pub fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => {
+                chars.next();
+                fields.last_mut().unwrap().push('"');
+            }
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(String::new()),
+            _ => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
 }
 
 /// Parse `--stats` output: the number before " spills".
@@ -276,28 +297,3 @@ pub fn peak_rss_mib(stderr: &str) -> f64 {
         other => panic!("unexpected unit {other:?} in {line}"),
     }
 }
-
-/// The generated claims as a configured table with its explicit schema (`claims/*.csv`).
-pub const CLAIMS_TABLE: &str = r#"[tables.claims]
-location = "claims/*.csv"
-format = "csv"
-
-[tables.claims.schema]
-claim_id = "int64"
-member_id = "string"
-fill_date = "date"
-ndc = "string"
-brand_generic = "string"
-diagnosis_code = "string"
-prescriber_npi = "string"
-pharmacy_npi = "string"
-plan_id = "string"
-member_state = "string"
-days_supply = "int32"
-quantity = "decimal(10,3)"
-ingredient_cost = "decimal(12,2)"
-dispensing_fee = "decimal(8,2)"
-copay = "decimal(10,2)"
-plan_paid = "decimal(12,2)"
-total_cost = "decimal(12,2)"
-"#;

@@ -3,12 +3,15 @@
 
 mod common;
 mod errors;
+mod gen;
 mod memory;
 mod output;
 mod paths;
+mod pipe;
 mod query;
 mod reports;
 mod s3;
 mod schedule;
+mod schema;
 mod serve;
 mod serve_python;

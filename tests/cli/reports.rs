@@ -2,7 +2,7 @@
 //! plain fold over the generated CSV text, parameters bound as values (never spliced into SQL),
 //! and the success manifest written beside the output.
 
-use crate::common::{cents, csv_rows, read_claims_csv, Claim, Workspace, CLAIMS_TABLE};
+use crate::common::{cents, csv_rows, read_claims_csv, Claim, Workspace};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,8 +19,8 @@ const AT: &str = "2024-06-01";
 /// back by hand.
 fn claims_workspace(rows: u64, report: &str) -> (Workspace, Vec<Claim>) {
     let ws = Workspace::new();
-    ws.gen_claims(rows, 2, "csv", "claims");
-    ws.write("spillway.toml", CLAIMS_TABLE);
+    let claims_table = ws.gen_claims(rows, 2, "csv", "claims");
+    ws.write("spillway.toml", claims_table);
     let source = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("queries")
         .join(format!("{report}.sql"));

@@ -2,7 +2,7 @@
 //! and the `tokio-postgres` driver; Python drivers in `serve_python`). Expected answers come
 //! from reading the generated CSV by hand.
 
-use crate::common::{read_claims_csv, Claim, Outcome, Workspace, CLAIMS_TABLE};
+use crate::common::{read_claims_csv, Claim, Outcome, Workspace};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
@@ -198,8 +198,8 @@ pub fn rows(messages: &[SimpleQueryMessage]) -> Vec<Vec<String>> {
 /// A workspace with `rows` generated claims in `claims/` served as `claims`, plus the config.
 pub fn claims_server_workspace(rows: u64, server_config: &str) -> (Workspace, Vec<Claim>) {
     let ws = Workspace::new();
-    ws.gen_claims(rows, 2, "csv", "claims");
-    ws.write("spillway.toml", format!("{CLAIMS_TABLE}\n{server_config}"));
+    let claims_table = ws.gen_claims(rows, 2, "csv", "claims");
+    ws.write("spillway.toml", format!("{claims_table}\n{server_config}"));
     let claims = read_claims_csv(&ws.path("claims"));
     (ws, claims)
 }
@@ -414,8 +414,8 @@ fn users_config(ws: &Workspace) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scram_users_log_in_and_a_wrong_or_missing_password_is_refused() {
     let ws = Workspace::new();
-    ws.gen_claims(1_000, 1, "csv", "claims");
-    let config = format!("{CLAIMS_TABLE}\n{}", users_config(&ws));
+    let claims_table = ws.gen_claims(1_000, 1, "csv", "claims");
+    let config = format!("{claims_table}\n{}", users_config(&ws));
     ws.write("spillway.toml", config);
     let server = Server::start(&ws, &[], &[("ROBOT_PASSWORD", "beep-boop-42")]);
 
@@ -478,7 +478,7 @@ async fn scram_users_log_in_and_a_wrong_or_missing_password_is_refused() {
 #[test]
 fn tls_is_required_when_configured_and_psql_connects_with_sslmode_require() {
     let ws = Workspace::new();
-    ws.gen_claims(1_000, 1, "csv", "claims");
+    let claims_table = ws.gen_claims(1_000, 1, "csv", "claims");
     let made = Command::new("openssl")
         .current_dir(ws.path(""))
         .args([
@@ -504,7 +504,7 @@ fn tls_is_required_when_configured_and_psql_connects_with_sslmode_require() {
         String::from_utf8_lossy(&made.stderr)
     );
     let config = format!(
-        "{CLAIMS_TABLE}\n[server]\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"\n\n{}",
+        "{claims_table}\n[server]\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"\n\n{}",
         users_config(&ws)
     );
     ws.write("spillway.toml", config);
@@ -547,8 +547,8 @@ fn tls_is_required_when_configured_and_psql_connects_with_sslmode_require() {
 #[test]
 fn a_non_loopback_address_without_users_is_refused_before_listening() {
     let ws = Workspace::new();
-    ws.gen_claims(100, 1, "csv", "claims");
-    ws.write("spillway.toml", CLAIMS_TABLE);
+    let claims_table = ws.gen_claims(100, 1, "csv", "claims");
+    ws.write("spillway.toml", claims_table);
     let outcome = ws.run(&["serve", "--listen", "0.0.0.0:0"]);
     let stderr = outcome.failure(3);
     assert!(
