@@ -257,6 +257,20 @@ pub(crate) fn listing_location(spec: &TableSpec) -> Result<Location> {
     Ok(location)
 }
 
+/// The files behind a table now: its listing location resolved in `store`. The one listing
+/// path from spec to files: registration and the server's change detection both go through
+/// it. Errors name the table.
+pub(crate) async fn list_files(
+    store: &Arc<dyn ObjectStore>,
+    spec: &TableSpec,
+) -> Result<(Location, ResolvedLocation)> {
+    let location = listing_location(spec)?;
+    let resolved = storage::resolve(store, &location)
+        .await
+        .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
+    Ok((location, resolved))
+}
+
 /// Resolve a table's files, settle its format and schema, and register it in `ctx`.
 pub(crate) async fn register(
     ctx: &SessionContext,
@@ -264,8 +278,7 @@ pub(crate) async fn register(
     spec: &TableSpec,
 ) -> Result<RegisteredTable> {
     let in_table = |e: Error| e.context(format!("table `{}`", spec.name));
-    let location = listing_location(spec)?;
-    let mut resolved = storage::resolve(store, &location).await.map_err(in_table)?;
+    let (location, mut resolved) = list_files(store, spec).await?;
     let (format, compression, tab) = settle_format(spec, &resolved).map_err(in_table)?;
     let extension = data_extension(&resolved, format, compression, tab);
     if location.is_folder() && location.pattern.is_none() {

@@ -21,7 +21,7 @@ use crate::engine::group_keys::PACK_INTEGER_KEYS;
 use crate::engine::group_topk::TopKPerGroup;
 use crate::engine::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TWO_LEVEL_DISTINCT};
 use crate::error::{Error, Result};
-use crate::storage::{Location, StoreCounters, StoreRegistry};
+use crate::storage::{Location, ResolvedLocation, StoreCounters, StoreRegistry};
 use datafusion::common::config::SpillCompression;
 use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, ScalarValue};
@@ -35,10 +35,11 @@ use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
 use memory::{pool_size, spill_merge_fan_in, CappedPool, PeakPool, DEFAULT_MEMORY_FRACTION};
+use object_store::ObjectStore;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Rows per batch. DataFusion's default; smaller batches cost throughput, larger ones memory.
 pub(crate) const DEFAULT_BATCH_SIZE: usize = 8192;
@@ -86,7 +87,8 @@ pub(crate) struct Engine {
     pool: Arc<PeakPool>,
     /// The local store and one S3 store per bucket, registered with the session.
     stores: StoreRegistry,
-    tables: Vec<RegisteredTable>,
+    /// Behind a lock so a long-running server can register a table again over new files.
+    tables: Mutex<Vec<RegisteredTable>>,
     options: EngineOptions,
 }
 
@@ -138,7 +140,7 @@ impl Engine {
             ctx,
             pool,
             stores,
-            tables: Vec::new(),
+            tables: Mutex::new(Vec::new()),
             options,
         })
     }
@@ -182,7 +184,7 @@ impl Engine {
     /// The engine every entry point runs on: a session with `options`, and `specs` registered
     /// as tables (errors name the table).
     pub(crate) async fn open(options: EngineOptions, specs: &[TableSpec]) -> Result<Engine> {
-        let mut engine = Engine::new(options)?;
+        let engine = Engine::new(options)?;
         for spec in specs {
             engine.register_table(spec).await?;
         }
@@ -190,17 +192,45 @@ impl Engine {
     }
 
     /// Register a table; errors name the table.
-    pub(crate) async fn register_table(&mut self, spec: &TableSpec) -> Result<()> {
+    async fn register_table(&self, spec: &TableSpec) -> Result<()> {
+        let store = self.table_store(spec)?;
+        let registered = catalog::register(&self.ctx, &store, spec).await?;
+        let mut tables = self
+            .tables
+            .lock()
+            .map_err(|_| Error::Internal("table registry poisoned".into()))?;
+        tables.retain(|table| table.spec.name != spec.name);
+        tables.push(registered);
+        Ok(())
+    }
+
+    /// Register a table again after its files changed (the server notices that). If that
+    /// fails, the table keeps its previous files: serving the old files beats no table at all.
+    pub(crate) async fn register_table_again(&self, spec: &TableSpec) -> Result<()> {
+        let previous = self.ctx.deregister_table(spec.name.as_str())?;
+        let registered = self.register_table(spec).await;
+        if registered.is_err() {
+            if let Some(previous) = previous {
+                let _ = self.ctx.register_table(spec.name.as_str(), previous);
+            }
+        }
+        registered
+    }
+
+    /// The files behind a table now, listed as registration lists them: the server compares
+    /// them with what it registered to notice changed files.
+    pub(crate) async fn list_table(&self, spec: &TableSpec) -> Result<ResolvedLocation> {
+        let store = self.table_store(spec)?;
+        Ok(catalog::list_files(&store, spec).await?.1)
+    }
+
+    /// The store a table's files live in; errors name the table.
+    fn table_store(&self, spec: &TableSpec) -> Result<Arc<dyn ObjectStore>> {
         let location = Location::parse(&spec.location)
             .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
-        let store = self
-            .stores
+        self.stores
             .store_for(&location, spec.s3.as_ref())
-            .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
-        let registered = catalog::register(&self.ctx, &store, spec).await?;
-        self.tables.retain(|table| table.spec.name != spec.name);
-        self.tables.push(registered);
-        Ok(())
+            .map_err(|e| e.context(format!("table `{}`", spec.name)))
     }
 
     /// Split SQL text into statements (errors carry the line and column).
@@ -347,7 +377,13 @@ impl Engine {
         let mut config = session_config(&self.options).with_target_partitions(1);
         config.options_mut().optimizer.repartition_file_scans = false;
         let probe = SessionContext::new_with_config_rt(config, self.ctx.runtime_env());
-        for table in &self.tables {
+        // A copy, so that no lock is held while files are read.
+        let tables = self
+            .tables
+            .lock()
+            .map(|tables| tables.clone())
+            .unwrap_or_default();
+        for table in &tables {
             for file in &table.resolved.files {
                 let Ok(single) = table.single_file_table(file) else {
                     continue;

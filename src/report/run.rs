@@ -84,6 +84,24 @@ impl PlannedReport {
     /// report's query. A `$name` placeholder the header does not declare is refused here, before
     /// anything runs, naming the placeholder and the file.
     pub(crate) async fn plan(engine: &Engine, report: &ReportDefinition) -> Result<PlannedReport> {
+        Self::plan_with(engine, report, Leading::Run).await
+    }
+
+    /// Plan a report on a session other users share (a server's): as [`PlannedReport::plan`],
+    /// except that statements before the query are refused, naming the file, because their
+    /// settings would change the session of every connection.
+    pub(crate) async fn plan_on_shared_session(
+        engine: &Engine,
+        report: &ReportDefinition,
+    ) -> Result<PlannedReport> {
+        Self::plan_with(engine, report, Leading::Refuse).await
+    }
+
+    async fn plan_with(
+        engine: &Engine,
+        report: &ReportDefinition,
+        leading: Leading,
+    ) -> Result<PlannedReport> {
         let in_file = |e: Error| {
             e.context(format!(
                 "{} (SQL from line {})",
@@ -98,6 +116,14 @@ impl PlannedReport {
                 report.path.display()
             ))
         })?;
+        if leading == Leading::Refuse && !statements.is_empty() {
+            return Err(Error::Config(format!(
+                "{}: has {} statement(s) before its query (such as SET); a server shares one \
+                 session between connections, so it serves only single-statement reports",
+                report.path.display(),
+                statements.len()
+            )));
+        }
         for statement in statements {
             let plan = engine.plan(statement).await?;
             query::drain(engine, plan).await?;
@@ -127,11 +153,18 @@ impl PlannedReport {
 
     /// The plan as planned, placeholders unbound: a report without params is complete as it is
     /// (a server registers it as a view).
-    // Until `serve` (split in parallel) registers its report views through the planner.
-    #[allow(dead_code)]
     pub(crate) fn plan_without_values(&self) -> &LogicalPlan {
         &self.plan
     }
+}
+
+/// What the planner does with the statements before a report's query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leading {
+    /// Run them on the engine's session first (a session of the run's own).
+    Run,
+    /// Refuse the report (a session shared with other users).
+    Refuse,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -535,6 +568,25 @@ mod tests {
             .map(|field| field.name().as_str())
             .collect();
         assert_eq!(columns, ["last"]);
+    }
+
+    #[tokio::test]
+    async fn a_shared_session_refuses_leading_statements_and_keeps_its_settings() {
+        let engine = engine();
+        let before = engine.context().state().config().batch_size();
+        let report = report(
+            "/* report\nname = \"r\"\n*/\nSET datafusion.execution.batch_size = 123;\nSELECT 2 AS last\n",
+        );
+        match PlannedReport::plan_on_shared_session(&engine, &report).await {
+            Err(Error::Config(message)) => assert_eq!(
+                message,
+                "queries/q.sql: has 1 statement(s) before its query (such as SET); a server shares \
+                 one session between connections, so it serves only single-statement reports"
+            ),
+            other => panic!("expected a config error, got {other:?}"),
+        }
+        assert_eq!(engine.context().state().config().batch_size(), before);
+        assert_ne!(before, 123);
     }
 
     #[tokio::test]
