@@ -274,6 +274,14 @@ pub(crate) mod test_fixtures {
         NaiveDate::from_ymd_opt(y, m, d).expect("valid test date")
     }
 
+    pub(crate) fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> chrono::DateTime<chrono::Utc> {
+        use chrono::TimeZone;
+        chrono::Utc
+            .with_ymd_and_hms(y, mo, d, h, mi, 0)
+            .single()
+            .expect("valid test time")
+    }
+
     pub(crate) fn given(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs
             .iter()

@@ -498,13 +498,7 @@ pub(crate) fn acquire_daemon_lock(history_path: &Path) -> Result<DaemonLock, Rep
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
-
-    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
-            .single()
-            .expect("valid test time")
-    }
+    use crate::report::test_fixtures::utc;
 
     #[test]
     fn history_records_runs_newest_first() {

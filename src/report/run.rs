@@ -470,14 +470,8 @@ impl Runner for ReportRunner {
 mod tests {
     use super::*;
     use crate::report::parse_report;
-    use crate::report::test_fixtures::date;
+    use crate::report::test_fixtures::{date, utc};
     use std::path::Path;
-
-    fn utc(y: i32, mo: u32, d: u32, h: u32, mi: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(y, mo, d, h, mi, 0)
-            .single()
-            .expect("valid test time")
-    }
 
     #[test]
     fn manifest_has_every_field_escaped() {
