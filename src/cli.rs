@@ -2,6 +2,7 @@
 //! `SPILLWAY_*` variables, the config file) into validated, typed options for the modules that
 //! do the work. Flag handlers only validate; doing happens in `query`, `gen` and `demo`.
 
+pub(crate) mod cluster;
 pub(crate) mod demo;
 pub(crate) mod gen;
 pub(crate) mod options;
@@ -65,6 +66,15 @@ pub(crate) struct EngineArgs {
     /// No progress bars
     #[arg(short, long, global = true)]
     pub(crate) quiet: bool,
+    /// Run statements on a Ballista cluster: its scheduler, df://HOST:PORT [default: [cluster]
+    /// scheduler in spillway.toml, else in this process]
+    #[arg(
+        long,
+        global = true,
+        env = "SPILLWAY_CLUSTER",
+        value_name = "df://HOST:PORT"
+    )]
+    pub(crate) cluster: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +102,46 @@ pub(crate) enum Command {
     Serve(ServeArgs),
     /// Print a SCRAM-SHA-256 verifier for a password read from stdin (for [server.users])
     Password(PasswordArgs),
+    /// Run a Ballista cluster node: the scheduler, or an executor
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Ballista's scheduler, with Spillway's functions and stores; clients use --cluster
+    /// df://HOST:PORT
+    Scheduler(ClusterSchedulerArgs),
+    /// A Ballista executor running stages as Spillway does: its functions, physical rules,
+    /// memory limit and spilling (--memory-limit, --spill-dir, --max-spill), and stores
+    Executor(ClusterExecutorArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterSchedulerArgs {
+    /// Address to listen on and announce (port 0: any free port, printed on stderr)
+    #[arg(long, default_value = "127.0.0.1:50050", value_name = "HOST:PORT")]
+    pub(crate) listen: std::net::SocketAddr,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterExecutorArgs {
+    /// The scheduler to register with
+    #[arg(long, value_name = "df://HOST:PORT")]
+    pub(crate) scheduler: String,
+    /// Address to bind and announce to the scheduler, clients and other executors
+    #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
+    pub(crate) host: String,
+    /// Arrow Flight port (shuffle reads, result fetches)
+    #[arg(long, default_value_t = 50051, value_name = "PORT")]
+    pub(crate) flight_port: u16,
+    /// gRPC port (the scheduler launches and cancels tasks here)
+    #[arg(long, default_value_t = 50052, value_name = "PORT")]
+    pub(crate) grpc_port: u16,
+    /// Folder for shuffle and result files [default: spillway-executor-FLIGHTPORT in the
+    /// system temp folder]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) work_dir: Option<PathBuf>,
 }
 
 /// Help text after `serve --help`: the config it reads and how clients connect.

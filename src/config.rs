@@ -31,6 +31,16 @@ pub(crate) struct ConfigFile {
     pub(crate) reports: ReportsSection,
     #[serde(default)]
     pub(crate) server: ServerSection,
+    #[serde(default)]
+    pub(crate) cluster: ClusterSection,
+}
+
+/// `[cluster]`: a Ballista cluster to run statements on (`spillway cluster ...`).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ClusterSection {
+    /// The scheduler, `df://HOST:PORT`; statements run there instead of in this process.
+    pub(crate) scheduler: Option<String>,
 }
 
 /// `[server]`: the Postgres wire server (`spillway serve`).

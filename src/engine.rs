@@ -27,10 +27,12 @@ use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryPool;
-use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::{AggregateUDF, LogicalPlan, ScalarUDF};
+use datafusion::optimizer::OptimizerRule;
+use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
@@ -55,6 +57,8 @@ pub(crate) struct EngineOptions {
     pub(crate) spill_compression: SpillCompression,
     /// `[storage.s3]`: settings of every S3 bucket a table does not configure itself.
     pub(crate) s3: S3Settings,
+    /// A Ballista scheduler (`df://host:port`) to run statements on, instead of this process.
+    pub(crate) cluster: Option<String>,
 }
 
 impl Default for EngineOptions {
@@ -70,6 +74,7 @@ impl Default for EngineOptions {
             // zstd shrinks more but its CPU cost shows on a 2-core machine.
             spill_compression: SpillCompression::Lz4Frame,
             s3: S3Settings::default(),
+            cluster: None,
         }
     }
 }
@@ -101,41 +106,24 @@ pub(crate) struct RunningQuery {
 impl Engine {
     /// Build the session: memory pool, disk manager, parallelism, stores.
     pub(crate) fn new(options: EngineOptions) -> Result<Engine> {
-        let pool_bytes = pool_size(options.memory_limit);
-        let pool = Arc::new(PeakPool::new(
-            usize::try_from(pool_bytes).unwrap_or(usize::MAX),
-        ));
-        let mut disk = DiskManagerBuilder::default();
-        if let Some(dir) = &options.spill_dir {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::Usage(format!(
-                    "--spill-dir {}: cannot create it: {e}",
-                    dir.display()
-                ))
-            })?;
-            disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
-        }
-        if let Some(max_spill) = options.max_spill {
-            disk = disk.with_max_temp_directory_size(max_spill);
-        }
-        disk = disk.with_max_spill_merge_fan_in(spill_merge_fan_in(pool_bytes, options.workers));
-        let runtime = RuntimeEnvBuilder::new()
-            .with_memory_pool(pool.clone())
-            .with_disk_manager_builder(disk)
-            .build_arc()?;
-        let stores = StoreRegistry::new(runtime.object_store_registry.clone(), options.s3.clone())?;
-        let state = SessionStateBuilder::new()
+        let (runtime, pool, stores) = runtime_env(&options)?;
+        let mut state = SessionStateBuilder::new()
             .with_config(session_config(&options))
             .with_runtime_env(runtime)
-            .with_default_features()
-            .with_optimizer_rule(Arc::new(TWO_LEVEL_DISTINCT))
-            .with_optimizer_rule(Arc::new(PACK_INTEGER_KEYS))
-            .with_physical_optimizer_rule(Arc::new(AccountWindowInput))
-            .with_physical_optimizer_rule(Arc::new(TopKPerGroup))
-            .with_physical_optimizer_rule(Arc::new(FastCsvScan))
-            .build();
+            .with_default_features();
+        for rule in logical_rules() {
+            state = state.with_optimizer_rule(rule);
+        }
+        for rule in physical_rules() {
+            state = state.with_physical_optimizer_rule(rule);
+        }
+        let mut state = state.build();
+        if let Some(scheduler) = &options.cluster {
+            state = crate::cluster::client_state(state, scheduler)?;
+        }
         let ctx = SessionContext::new_with_state(state);
-        crate::engine::aggregate::register(&ctx);
+        // After the Ballista upgrade, which resets the function lists to its defaults.
+        register_functions(&ctx);
         Ok(Engine {
             ctx,
             pool,
@@ -184,6 +172,9 @@ impl Engine {
     /// The engine every entry point runs on: a session with `options`, and `specs` registered
     /// as tables (errors name the table).
     pub(crate) async fn open(options: EngineOptions, specs: &[TableSpec]) -> Result<Engine> {
+        if let Some(address) = &options.cluster {
+            crate::cluster::check_reachable(address).await?;
+        }
         let engine = Engine::new(options)?;
         for spec in specs {
             engine.register_table(spec).await?;
@@ -414,6 +405,74 @@ async fn read_all(ctx: &SessionContext) -> Result<()> {
 }
 
 /// Session settings from the engine options.
+
+/// The runtime every Spillway session runs on, locally or as a cluster node: one memory pool
+/// (spilling, with its high-water mark), the disk manager (spill folder, cap, merge fan-in) and
+/// the object stores (local mmap store; S3 per bucket).
+pub(crate) fn runtime_env(
+    options: &EngineOptions,
+) -> Result<(Arc<RuntimeEnv>, Arc<PeakPool>, StoreRegistry)> {
+    let pool_bytes = pool_size(options.memory_limit);
+    let pool = Arc::new(PeakPool::new(
+        usize::try_from(pool_bytes).unwrap_or(usize::MAX),
+    ));
+    let mut disk = DiskManagerBuilder::default();
+    if let Some(dir) = &options.spill_dir {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::Usage(format!(
+                "--spill-dir {}: cannot create it: {e}",
+                dir.display()
+            ))
+        })?;
+        disk = disk.with_mode(DiskManagerMode::Directories(vec![dir.clone()]));
+    }
+    if let Some(max_spill) = options.max_spill {
+        disk = disk.with_max_temp_directory_size(max_spill);
+    }
+    disk = disk.with_max_spill_merge_fan_in(spill_merge_fan_in(pool_bytes, options.workers));
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(pool.clone())
+        .with_disk_manager_builder(disk)
+        .build_arc()?;
+    let stores = StoreRegistry::new(runtime.object_store_registry.clone(), options.s3.clone())?;
+    Ok((runtime, pool, stores))
+}
+
+/// Spillway's logical rewrites (`engine/rewrite.rs`, `engine/group_keys.rs`).
+pub(crate) fn logical_rules() -> Vec<Arc<dyn OptimizerRule + Send + Sync>> {
+    vec![Arc::new(TWO_LEVEL_DISTINCT), Arc::new(PACK_INTEGER_KEYS)]
+}
+
+/// Spillway's physical rules: the window-input reservation, top-k per group and the CSV
+/// decoder. A cluster applies them on the executors, where stage plans run.
+pub(crate) fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    vec![
+        Arc::new(AccountWindowInput),
+        Arc::new(TopKPerGroup),
+        Arc::new(FastCsvScan),
+    ]
+}
+
+/// Spillway's functions, by the names plans refer to them: `spillway_pack_keys`, and its own
+/// `median` and `corr` (replacing DataFusion's). Every node of a cluster registers them,
+/// because plans name functions instead of carrying them.
+pub(crate) fn functions() -> (Vec<Arc<ScalarUDF>>, Vec<Arc<AggregateUDF>>) {
+    (
+        vec![group_keys::pack_keys_udf()],
+        crate::engine::aggregate::udafs(),
+    )
+}
+
+fn register_functions(ctx: &SessionContext) {
+    let (scalars, aggregates) = functions();
+    for udf in scalars {
+        ctx.register_udf(udf.as_ref().clone());
+    }
+    for udaf in aggregates {
+        ctx.register_udaf(udaf.as_ref().clone());
+    }
+}
+
 fn session_config(options: &EngineOptions) -> SessionConfig {
     let mut config = SessionConfig::new()
         .with_target_partitions(options.workers.max(1))

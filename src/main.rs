@@ -14,6 +14,7 @@
 
 mod catalog;
 mod cli;
+mod cluster;
 mod config;
 mod engine;
 mod error;
@@ -45,7 +46,10 @@ static ALLOCATOR: crate::process::allocator::ExitOnExhaustion =
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The daemon logs one line per run at info level; other commands only warn.
-    let daemon = matches!(cli.command, Command::Schedule(_) | Command::Serve(_));
+    let daemon = matches!(
+        cli.command,
+        Command::Schedule(_) | Command::Serve(_) | Command::Cluster(_)
+    );
     init_logging(if daemon { "info" } else { "warn" });
     let outcome = load_config(&cli).and_then(|(config, options)| run(cli, config, options));
     match outcome {
@@ -86,7 +90,10 @@ fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
     // The daemon stops gracefully on its own signal handling (finish or cancel running
     // reports, exit 0); every other command is cancelled by dropping it.
-    let daemon = matches!(cli.command, Command::Schedule(_) | Command::Serve(_));
+    let daemon = matches!(
+        cli.command,
+        Command::Schedule(_) | Command::Serve(_) | Command::Cluster(_)
+    );
     let result = runtime.block_on(async move {
         if daemon {
             return dispatch(cli, config, options).await;
@@ -121,5 +128,6 @@ async fn dispatch(cli: Cli, config: ConfigFile, options: EngineOptions) -> Resul
         }
         Command::Serve(args) => cli::serve::serve(args, &config, options).await,
         Command::Password(_) => cli::serve::password(),
+        Command::Cluster(command) => cli::cluster::run(command, options).await,
     }
 }

@@ -52,6 +52,13 @@ pub(crate) fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<E
     }
     options.spill_dir = args.spill_dir.clone().or_else(|| file.spill_dir.clone());
     options.s3 = config.storage.s3.clone();
+    options.cluster = args
+        .cluster
+        .clone()
+        .or_else(|| config.cluster.scheduler.clone());
+    if let Some(address) = &options.cluster {
+        crate::cluster::scheduler_url(address)?;
+    }
     if let Some((workers, origin)) =
         pick(&args.workers, &file.workers, "--workers", "engine.workers")
     {
@@ -390,6 +397,7 @@ mod tests {
             batch_size: None,
             spill_compression: None,
             quiet: false,
+            cluster: None,
         };
         let error = engine_options(&args, &config).unwrap_err();
         assert!(error.to_string().contains("engine.memory_limit"), "{error}");

@@ -37,13 +37,14 @@ use datafusion::logical_expr::{
     Accumulator, AggregateUDF, AggregateUDFImpl, Documentation, EmitTo, GroupsAccumulator,
     Signature,
 };
-use datafusion::prelude::SessionContext;
 use std::sync::Arc;
 
-/// Register the faster implementations in `ctx`, replacing the built-ins of the same names.
-pub(crate) fn register(ctx: &SessionContext) {
-    ctx.register_udaf(AggregateUDF::new_from_impl(FastCorrelation::default()));
-    ctx.register_udaf(AggregateUDF::new_from_impl(FastMedian::default()));
+/// The faster implementations, registered under the built-ins' names (replacing them).
+pub(crate) fn udafs() -> Vec<Arc<AggregateUDF>> {
+    vec![
+        Arc::new(AggregateUDF::new_from_impl(FastCorrelation::default())),
+        Arc::new(AggregateUDF::new_from_impl(FastMedian::default())),
+    ]
 }
 
 /// Whether `row` passes an aggregate's `FILTER (WHERE ...)`: true, not NULL or false.
@@ -549,6 +550,13 @@ fn median<T: ArrowNumericType>(values: &mut [T::Native]) -> Option<T::Native> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use datafusion::prelude::SessionContext;
+
+    fn register(ctx: &SessionContext) {
+        for udaf in udafs() {
+            ctx.register_udaf(udaf.as_ref().clone());
+        }
+    }
     use datafusion::arrow::array::{Decimal128Array, Float64Array, Int64Array, RecordBatch};
     use datafusion::arrow::datatypes::{Field, Schema};
     use datafusion::prelude::SessionConfig;

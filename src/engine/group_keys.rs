@@ -120,7 +120,7 @@ fn packed(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
         return Ok(None);
     };
     let key = Expr::ScalarFunction(ScalarFunction::new_udf(
-        Arc::new(ScalarUDF::new_from_impl(PackKeys::new())),
+        pack_keys_udf(),
         packed_at.iter().map(|&i| groups[i].clone()).collect(),
     ))
     .alias(PACKED_KEY);
@@ -160,6 +160,11 @@ fn packed(aggregate: &Aggregate) -> Result<Option<LogicalPlan>> {
 }
 
 /// The column in `slot` of the packed `key`, as an Int64 holding exactly the column's value.
+/// `spillway_pack_keys`, by the name a plan refers to it (a cluster node looks it up by name).
+pub(crate) fn pack_keys_udf() -> Arc<ScalarUDF> {
+    Arc::new(ScalarUDF::new_from_impl(PackKeys::new()))
+}
+
 fn unpacked(key: Expr, slot: Slot) -> Expr {
     if slot.signed {
         // Move the slot to the top bits, then shift it down arithmetically to sign-extend.

@@ -1,0 +1,28 @@
+//! `spillway cluster scheduler|executor`: the flags of a cluster node, handed to `cluster`.
+
+use super::{ClusterCommand, ClusterExecutorArgs};
+use crate::cluster::{self, executor::ExecutorPlace};
+use crate::engine::EngineOptions;
+use crate::error::Result;
+
+pub(crate) async fn run(command: ClusterCommand, mut options: EngineOptions) -> Result<()> {
+    // A node runs stages itself: --cluster / [cluster] is for clients.
+    options.cluster = None;
+    match command {
+        ClusterCommand::Scheduler(args) => cluster::scheduler::run(options, args.listen).await,
+        ClusterCommand::Executor(args) => cluster::executor::run(options, place(args)).await,
+    }
+}
+
+fn place(args: ClusterExecutorArgs) -> ExecutorPlace {
+    let work_dir = args.work_dir.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("spillway-executor-{}", args.flight_port))
+    });
+    ExecutorPlace {
+        scheduler: args.scheduler,
+        host: args.host,
+        flight_port: args.flight_port,
+        grpc_port: args.grpc_port,
+        work_dir,
+    }
+}

@@ -1,0 +1,136 @@
+//! Scale-out on Apache DataFusion Ballista: the scheduler and executor roles embedded in this
+//! binary (`scheduler`, `executor`), and the client side, which turns an engine's session into
+//! one that runs its statements on a scheduler.
+//!
+//! Owns what makes a Ballista node a Spillway node: Spillway's functions on every node (plans
+//! name functions, they do not carry them), its physical rules applied where stage plans run
+//! (Ballista's adaptive planner replaces a session's physical rules with its own list), one
+//! spilling memory pool per executor process, and object stores each node builds from its own
+//! configuration. Must not put a credential into a job's settings: no node sends its store
+//! settings to another.
+
+pub(crate) mod executor;
+pub(crate) mod scheduler;
+
+use crate::error::{Error, Result};
+use ballista_core::extension::SessionStateExt;
+use datafusion::execution::session_state::SessionState;
+
+/// Ballista's default scheduler port.
+pub(crate) const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// A scheduler address as Ballista's client wants it, from `df://host:port` (or `host:port`).
+/// Errors name the option and say what form is expected.
+pub(crate) fn scheduler_url(address: &str) -> Result<String> {
+    let (host, port) = scheduler_host_port(address)?;
+    Ok(format!("df://{host}:{port}"))
+}
+
+/// Host and port of a scheduler address (`df://host:port`, `host:port`, or `host`).
+pub(crate) fn scheduler_host_port(address: &str) -> Result<(String, u16)> {
+    let bad = |why: &str| {
+        Error::Usage(format!(
+            "--cluster `{address}`: {why} (expected df://HOST:PORT, e.g. df://127.0.0.1:{DEFAULT_SCHEDULER_PORT})"
+        ))
+    };
+    let rest = match address.split_once("://") {
+        Some(("df", rest)) => rest,
+        Some((scheme, _)) => return Err(bad(&format!("unknown scheme `{scheme}`"))),
+        None => address,
+    };
+    let rest = rest.trim_end_matches('/');
+    if rest.is_empty() {
+        return Err(bad("no host"));
+    }
+    let url = url::Url::parse(&format!("df://{rest}")).map_err(|e| bad(&e.to_string()))?;
+    let host = url
+        .host_str()
+        .filter(|host| !host.is_empty())
+        .ok_or_else(|| bad("no host"))?;
+    if url.path() != "" && url.path() != "/" {
+        return Err(bad("a path is not part of a scheduler address"));
+    }
+    Ok((
+        host.to_string(),
+        url.port().unwrap_or(DEFAULT_SCHEDULER_PORT),
+    ))
+}
+
+/// Check that the scheduler at `address` accepts connections, within a few seconds: a
+/// scheduler that is down is a clear error naming its address (exit 8), not a hang.
+pub(crate) async fn check_reachable(address: &str) -> Result<()> {
+    let (host, port) = scheduler_host_port(address)?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let unreachable = |why: String| {
+        Error::Storage(format!(
+            "cluster: cannot reach the scheduler at df://{}:{port}: {why}",
+            scheduler_host_port(address)
+                .map(|(h, _)| h)
+                .unwrap_or_default()
+        ))
+    };
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(unreachable(error.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
+/// How long a client waits for the scheduler to accept a connection.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The client side: `state` (Spillway's session, its tables registered later) upgraded so its
+/// statements are planned into jobs for the scheduler at `address`. Ballista resets the
+/// function lists here; the engine registers Spillway's functions again afterwards.
+pub(crate) fn client_state(state: SessionState, address: &str) -> Result<SessionState> {
+    let url = scheduler_url(address)?;
+    state
+        .upgrade_for_ballista(url)
+        .map_err(|e| Error::Usage(format!("--cluster `{address}`: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_addresses_take_the_df_scheme_or_none_and_default_the_port() {
+        assert_eq!(
+            scheduler_url("df://10.0.0.5:7000").unwrap(),
+            "df://10.0.0.5:7000"
+        );
+        assert_eq!(
+            scheduler_url("10.0.0.5:7000").unwrap(),
+            "df://10.0.0.5:7000"
+        );
+        assert_eq!(scheduler_url("sched").unwrap(), "df://sched:50050");
+        assert_eq!(
+            scheduler_host_port("df://[::1]:7000/").unwrap(),
+            ("[::1]".to_string(), 7000)
+        );
+    }
+
+    #[test]
+    fn a_bad_scheduler_address_names_the_option_and_the_expected_form() {
+        let message = scheduler_url("http://x:1").unwrap_err().to_string();
+        assert!(
+            message.contains("--cluster `http://x:1`: unknown scheme `http`"),
+            "{message}"
+        );
+        assert!(message.contains("expected df://HOST:PORT"), "{message}");
+        assert!(scheduler_url("df://").is_err());
+        assert!(scheduler_url("df://h:notaport").is_err());
+        assert!(scheduler_url("df://h:1/path").is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! `spillway cluster scheduler`: Ballista's scheduler in this process, its sessions built with
+//! Spillway's functions and stores. Must not apply Spillway's physical rules: the plans it makes
+//! travel to executors by Ballista's codec, which knows only stock nodes; the executors apply
+//! them (see `executor`).
+
+use crate::engine::{self, EngineOptions};
+use crate::error::{Error, Result};
+use ballista_core::utils::default_session_builder;
+use ballista_scheduler::cluster::BallistaCluster;
+use ballista_scheduler::config::SchedulerConfig;
+use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_scheduler::scheduler_server::{SchedulerServer, SessionBuilder};
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::FunctionRegistry;
+use datafusion::prelude::SessionConfig;
+use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Run a scheduler on `listen` until the process is told to stop. The address it announces to
+/// executors and clients is `listen`'s (give a reachable one, not 0.0.0.0, on a network).
+pub(crate) async fn run(options: EngineOptions, listen: SocketAddr) -> Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| Error::Usage(format!("--listen {listen}: cannot listen there: {e}")))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(format!("scheduler address: {e}")))?;
+    let mut config = SchedulerConfig::default()
+        .with_hostname(bound.ip().to_string())
+        .with_port(bound.port())
+        .with_override_session_builder(session_builder(&options)?)
+        // A job's results stay on the executors until the client has read them: Ballista's
+        // timer (300 s after the job ends) would delete them under a slow reader. Executors
+        // sweep what a client never fetched (see `executor`).
+        .with_finished_job_data_clean_up_interval_seconds(0);
+    config.bind_host = bound.ip().to_string();
+    config
+        .validate()
+        .map_err(|e| Error::Usage(format!("scheduler: {e}")))?;
+    let cluster = BallistaCluster::new_from_config(&config)
+        .await
+        .map_err(|e| Error::Internal(format!("scheduler: {e}")))?;
+    let scheduler: SchedulerServer<LogicalPlanNode, PhysicalPlanNode> =
+        create_scheduler(cluster, Arc::new(config))
+            .await
+            .map_err(|e| Error::Internal(format!("scheduler: {e}")))?;
+    tracing::info!("scheduler listening on df://{bound}");
+    eprintln!("spillway: scheduler listening on df://{bound}");
+    tokio::select! {
+        served = start_grpc_service_with_listener(listener, scheduler) => served
+            .map_err(|e| Error::Internal(format!("scheduler on {bound}: {e}"))),
+        () = crate::process::signal::shutdown() => Ok(()),
+    }
+}
+
+/// The session each job is planned in: Ballista's defaults (its logical rules and function
+/// lists), Spillway's functions over them, and a runtime with Spillway's stores, so the
+/// scheduler lists and reads file footers through the same stores as the executors.
+fn session_builder(options: &EngineOptions) -> Result<SessionBuilder> {
+    let (runtime, _pool, _stores) = engine::runtime_env(options)?;
+    Ok(Arc::new(move |config: SessionConfig| {
+        let state = default_session_builder(config)?;
+        let mut state = SessionStateBuilder::new_from_existing(state)
+            .with_runtime_env(runtime.clone())
+            .build();
+        let (scalars, aggregates) = engine::functions();
+        for udf in scalars {
+            state.register_udf(udf)?;
+        }
+        for udaf in aggregates {
+            state.register_udaf(udaf)?;
+        }
+        Ok(state)
+    }))
+}

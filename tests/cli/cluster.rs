@@ -1,0 +1,211 @@
+//! `spillway cluster`: a real Ballista cluster on 127.0.0.1 (one scheduler and two executors,
+//! each its own process with its own ports) answers as the local engine does.
+
+use crate::common::{csv_rows, Workspace};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A cluster node process; killed (and reaped) on drop. Keeps what it printed, for failures.
+struct Node {
+    child: Child,
+    output: Arc<Mutex<String>>,
+}
+
+impl Node {
+    fn start(ws: &Workspace, args: &[&str]) -> Node {
+        let mut child = ws
+            .command()
+            .args(args)
+            .env("SPILLWAY_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn a cluster node");
+        let output = Arc::new(Mutex::new(String::new()));
+        let sink = output.clone();
+        let pipe = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(pipe);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Node { child, output }
+    }
+
+    fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Wait until the node printed `needle`; panics with its output after `wait`.
+    fn wait_for(&self, needle: &str, wait: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let output = self.output();
+            if let Some(at) = output.find(needle) {
+                return output[at..].lines().next().unwrap_or("").to_string();
+            }
+            assert!(
+                start.elapsed() < wait,
+                "no `{needle}` within {wait:?}; output:\n{output}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("a free port")
+}
+
+/// One scheduler and `executors` executors, each with its own Flight and gRPC ports and a
+/// small memory limit.
+struct Cluster {
+    scheduler: String,
+    _nodes: Vec<Node>,
+}
+
+impl Cluster {
+    fn start(ws: &Workspace, executors: usize, memory_limit: &str) -> Cluster {
+        let scheduler = Node::start(ws, &["cluster", "scheduler", "--listen", "127.0.0.1:0"]);
+        let line = scheduler.wait_for("listening on df://", Duration::from_secs(30));
+        let address = line
+            .split("listening on ")
+            .nth(1)
+            .expect("an address")
+            .trim()
+            .to_string();
+        let mut nodes = vec![scheduler];
+        let mut flight_ports = Vec::new();
+        for i in 0..executors {
+            let work_dir = ws.path(&format!("executor-{i}"));
+            let (flight, grpc) = (free_port(), free_port());
+            let executor = Node::start(
+                ws,
+                &[
+                    "cluster",
+                    "executor",
+                    "--scheduler",
+                    &address,
+                    "--flight-port",
+                    &flight.to_string(),
+                    "--grpc-port",
+                    &grpc.to_string(),
+                    "--work-dir",
+                    work_dir.to_str().unwrap(),
+                    "--memory-limit",
+                    memory_limit,
+                    "--workers",
+                    "2",
+                ],
+            );
+            nodes.push(executor);
+            flight_ports.push(flight);
+        }
+        // An executor opens its Flight port once the scheduler has registered it.
+        let start = Instant::now();
+        for port in flight_ports {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "executors did not start; scheduler:\n{}\nexecutors:\n{}",
+                    nodes[0].output(),
+                    nodes[1..]
+                        .iter()
+                        .map(Node::output)
+                        .collect::<Vec<_>>()
+                        .join("\n---\n")
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Cluster {
+            scheduler: address,
+            _nodes: nodes,
+        }
+    }
+}
+
+/// A small H2O-like table: ids and values whose aggregates are easy to check.
+fn h2o_csv(ws: &Workspace) {
+    ws.run(&[
+        "gen", "h2o", "--rows", "200000", "--groups", "10", "--files", "4", "--format", "csv",
+        "--out", "h2o",
+    ])
+    .success();
+}
+
+const QUESTIONS: &[&str] = &[
+    "SELECT id1, sum(v1) AS v1 FROM x GROUP BY id1 ORDER BY id1",
+    "SELECT id4, id5, median(v3) AS median_v3, count(*) AS n FROM x GROUP BY id4, id5 ORDER BY id4, id5",
+    "SELECT id2, id4, corr(v1, v2) AS r FROM x GROUP BY id2, id4 ORDER BY id2, id4",
+    "SELECT id6, v3 FROM (SELECT id6, v3, row_number() OVER (PARTITION BY id6 ORDER BY v3 DESC) AS k FROM x WHERE v3 IS NOT NULL) WHERE k <= 2 ORDER BY id6, v3 DESC LIMIT 200",
+];
+
+#[test]
+fn a_cluster_of_two_executors_answers_exactly_as_the_local_engine() {
+    let ws = Workspace::new();
+    h2o_csv(&ws);
+    let cluster = Cluster::start(&ws, 2, "512MiB");
+    for sql in QUESTIONS {
+        let local = ws.run(&["query", "--table", "x=h2o/*.csv", "--format", "csv", sql]);
+        let remote = ws.run(&[
+            "query",
+            "--cluster",
+            &cluster.scheduler,
+            "--table",
+            "x=h2o/*.csv",
+            "--format",
+            "csv",
+            sql,
+        ]);
+        let local_rows = csv_rows(local.success());
+        assert!(!local_rows.is_empty(), "{sql}");
+        assert_eq!(csv_rows(remote.success()), local_rows, "{sql}");
+    }
+}
+
+#[test]
+fn an_unreachable_scheduler_is_a_clear_error_naming_its_address_within_seconds() {
+    let ws = Workspace::new();
+    h2o_csv(&ws);
+    let address = format!("df://127.0.0.1:{}", free_port());
+    let start = Instant::now();
+    let out = ws.run(&[
+        "query",
+        "--cluster",
+        &address,
+        "--table",
+        "x=h2o/*.csv",
+        "SELECT count(*) FROM x",
+    ]);
+    let message = out.failure(8);
+    assert!(message.contains(&address[5..]), "{message}");
+    assert!(
+        start.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_bad_cluster_address_is_a_usage_error() {
+    let ws = Workspace::new();
+    let out = ws.run(&["query", "--cluster", "http://x:1", "SELECT 1"]);
+    assert!(out.failure(2).contains("--cluster `http://x:1`"));
+}
