@@ -119,7 +119,14 @@ impl ExecutionEngine for SpillwayStages {
         work_dir: &str,
         config: &SessionConfig,
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
-        let plan = with_spillway_rules(plan, config)?;
+        let (plan, changed_by) = with_spillway_rules(plan, config)?;
+        if !changed_by.is_empty() {
+            // The proof that Spillway's rules ran where the stage runs (tests read it).
+            tracing::info!(
+                "job {job_id} stage {stage_id}: rewritten by {}",
+                changed_by.join(", ")
+            );
+        }
         self.inner.create_query_stage_exec(
             job_id,
             stage_id,
@@ -132,24 +139,35 @@ impl ExecutionEngine for SpillwayStages {
     }
 }
 
-/// The stage's writer over its input with Spillway's physical rules applied to the input. The
-/// writer itself (Ballista's shuffle or result writer) stays as the scheduler made it.
+/// The stage's writer over its input with Spillway's physical rules applied to the input, and
+/// the names of the rules that changed it. The writer itself (Ballista's shuffle or result
+/// writer) stays as the scheduler made it.
 pub(crate) fn with_spillway_rules(
     plan: Arc<dyn ExecutionPlan>,
     config: &SessionConfig,
-) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+) -> datafusion::error::Result<(Arc<dyn ExecutionPlan>, Vec<String>)> {
     let children = plan.children();
     let [input] = children.as_slice() else {
-        return Ok(plan);
+        return Ok((plan, Vec::new()));
     };
     let mut input = Arc::clone(input);
+    let mut changed_by = Vec::new();
     for rule in engine::physical_rules() {
-        input = rule.optimize(input, config.options())?;
+        let rewritten = rule.optimize(Arc::clone(&input), config.options())?;
+        // A rule that matches nothing hands back the same plan.
+        if !Arc::ptr_eq(&rewritten, &input) {
+            changed_by.push(rule.name().to_string());
+        }
+        input = rewritten;
+    }
+    if changed_by.is_empty() {
+        return Ok((plan, changed_by));
     }
     // Recompute: a rule may change the input's ordering properties (the writer's own
     // partitioning is its configuration, not derived).
-    plan.replace_children(
+    let plan = plan.replace_children(
         vec![input],
         ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
-    )
+    )?;
+    Ok((plan, changed_by))
 }

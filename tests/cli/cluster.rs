@@ -77,7 +77,18 @@ fn free_port() -> u16 {
 /// small memory limit.
 struct Cluster {
     scheduler: String,
-    _nodes: Vec<Node>,
+    nodes: Vec<Node>,
+}
+
+impl Cluster {
+    /// What the executors printed so far.
+    fn executor_output(&self) -> String {
+        self.nodes[1..]
+            .iter()
+            .map(Node::output)
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
 }
 
 impl Cluster {
@@ -136,7 +147,7 @@ impl Cluster {
         }
         Cluster {
             scheduler: address,
-            _nodes: nodes,
+            nodes,
         }
     }
 }
@@ -178,6 +189,13 @@ fn a_cluster_of_two_executors_answers_exactly_as_the_local_engine() {
         assert!(!local_rows.is_empty(), "{sql}");
         assert_eq!(csv_rows(remote.success()), local_rows, "{sql}");
     }
+    // Ballista's planner drops a session's physical rules; the executors applied Spillway's to
+    // the stages they ran: its CSV decoder read the files.
+    let logged = cluster.executor_output();
+    assert!(
+        logged.contains("rewritten by") && logged.contains("spillway_fast_csv_scan"),
+        "{logged}"
+    );
 }
 
 #[test]
