@@ -13,8 +13,18 @@ pub(crate) mod executor;
 pub(crate) mod scheduler;
 
 use crate::error::{Error, Result};
+use ballista_core::execution_plans::DistributedQueryExec;
 use ballista_core::extension::SessionStateExt;
+use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
+use ballista_core::serde::protobuf::{CancelJobParams, CleanJobDataParams};
+use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::execution::session_state::SessionState;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::protobuf::LogicalPlanNode;
+use futures::StreamExt;
+use std::sync::Arc;
 
 /// Ballista's default scheduler port.
 pub(crate) const DEFAULT_SCHEDULER_PORT: u16 = 50050;
@@ -98,6 +108,122 @@ pub(crate) fn client_state(state: SessionState, address: &str) -> Result<Session
     state
         .upgrade_for_ballista(url)
         .map_err(|e| Error::Usage(format!("--cluster `{address}`: {e}")))
+}
+
+/// The stream of a statement that runs on the cluster, following its job: when the stream
+/// ends, the scheduler is told to remove the job's files from the executors (the results were
+/// read; with Ballista's timer off they would otherwise stay); when it is dropped before its end
+/// (a closed pipe, Ctrl-C, an error), the job is cancelled. Other plans pass through.
+pub(crate) fn follow_job(
+    plan: &Arc<dyn ExecutionPlan>,
+    stream: SendableRecordBatchStream,
+    address: &str,
+) -> Result<SendableRecordBatchStream> {
+    if plan
+        .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
+        .is_none()
+    {
+        return Ok(stream);
+    }
+    let (host, port) = scheduler_host_port(address)?;
+    let guard = JobGuard {
+        plan: Arc::clone(plan),
+        scheduler: format!("http://{host}:{port}"),
+        read_to_end: false,
+    };
+    let schema = stream.schema();
+    let tail = futures::stream::once(async move {
+        let mut guard = guard;
+        guard.read_to_end = true;
+        if let Some(job) = guard.job_id() {
+            if let Err(error) = remove_job_data(&guard.scheduler, &job).await {
+                tracing::warn!("job {job}: could not have its result files removed: {error}");
+            }
+        }
+        None
+    })
+    .filter_map(|end: Option<datafusion::error::Result<RecordBatch>>| async move { end });
+    Ok(Box::pin(RecordBatchStreamAdapter::new(
+        schema,
+        stream.chain(tail),
+    )))
+}
+
+/// Cancels its job when dropped before the job's results were read to the end.
+struct JobGuard {
+    plan: Arc<dyn ExecutionPlan>,
+    scheduler: String,
+    read_to_end: bool,
+}
+
+impl JobGuard {
+    fn job_id(&self) -> Option<String> {
+        self.plan
+            .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
+            .and_then(|exec| exec.job_id())
+            .map(|job| job.to_string())
+    }
+}
+
+impl Drop for JobGuard {
+    fn drop(&mut self) {
+        if self.read_to_end {
+            return;
+        }
+        let (Some(job), Ok(runtime)) = (self.job_id(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let scheduler = self.scheduler.clone();
+        let cancelling = runtime.spawn(async move {
+            let cancelled = async {
+                let mut client = SchedulerGrpcClient::connect(scheduler).await?;
+                client
+                    .cancel_job(CancelJobParams {
+                        job_id: job.clone(),
+                    })
+                    .await?;
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+            };
+            if let Err(error) = cancelled.await {
+                tracing::warn!("job {job}: could not be cancelled: {error}");
+            }
+        });
+        if let Ok(mut pending) = CANCELLING.lock() {
+            pending.push(cancelling);
+        }
+    }
+}
+
+/// Cancellations sent from `JobGuard::drop`, which cannot wait for them.
+static CANCELLING: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Wait (at most a few seconds) for the cancellations of jobs whose readers stopped early, so
+/// that they reach the scheduler before the process exits.
+pub(crate) async fn finish_cancels() {
+    let pending = match CANCELLING.lock() {
+        Ok(mut pending) => std::mem::take(&mut *pending),
+        Err(_) => return,
+    };
+    if pending.is_empty() {
+        return;
+    }
+    let _ = tokio::time::timeout(CONNECT_TIMEOUT, futures::future::join_all(pending)).await;
+}
+
+async fn remove_job_data(
+    scheduler: &str,
+    job: &str,
+) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let mut client = SchedulerGrpcClient::connect(scheduler.to_string()).await?;
+    client
+        .clean_job_data(CleanJobDataParams {
+            job_id: job.to_string(),
+            remove_stage_ids: Vec::new(),
+        })
+        .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -272,7 +272,10 @@ impl Engine {
         self.pool.reset_peak();
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let physical = frame.create_physical_plan().await?;
-        let stream = execute_stream(physical.clone(), self.ctx.task_ctx())?;
+        let mut stream = execute_stream(physical.clone(), self.ctx.task_ctx())?;
+        if let Some(address) = &self.options.cluster {
+            stream = crate::cluster::follow_job(&physical, stream, address)?;
+        }
         Ok(RunningQuery {
             plan: physical,
             stream,

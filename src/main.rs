@@ -95,13 +95,18 @@ fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
         Command::Schedule(_) | Command::Serve(_) | Command::Cluster(_)
     );
     let result = runtime.block_on(async move {
-        if daemon {
-            return dispatch(cli, config, options).await;
-        }
-        tokio::select! {
-            result = dispatch(cli, config, options) => result,
-            () = crate::process::signal::shutdown() => Err(Error::Interrupted),
-        }
+        let result = if daemon {
+            dispatch(cli, config, options).await
+        } else {
+            tokio::select! {
+                result = dispatch(cli, config, options) => result,
+                () = crate::process::signal::shutdown() => Err(Error::Interrupted),
+            }
+        };
+        // A cluster job whose reader stopped early is being cancelled: let that reach the
+        // scheduler before the process ends.
+        crate::cluster::finish_cancels().await;
+        result
     });
     // Dropping the runtime waits for the output thread to discard its temporary file and for
     // cancelled tasks to release their spill files.

@@ -81,6 +81,39 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Wait until no executor holds a file of any job (job folders removed), up to 15 s.
+    fn wait_for_empty_work_dirs(&self, ws: &Workspace) {
+        let start = Instant::now();
+        loop {
+            let left: Vec<_> = (1..self.nodes.len())
+                .flat_map(|i| ws.files_below(&format!("executor-{}", i - 1)))
+                .collect();
+            if left.is_empty() {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "job files left on the executors: {left:?}\nscheduler:\n{}",
+                self.nodes[0].output()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `query` on this cluster over the H2O table `x`, CSV out.
+    fn query_args<'a>(&'a self, sql: &'a str) -> [&'a str; 8] {
+        [
+            "query",
+            "--cluster",
+            &self.scheduler,
+            "--table",
+            "x=h2o/*.csv",
+            "--format",
+            "csv",
+            sql,
+        ]
+    }
+
     /// What the executors printed so far.
     fn executor_output(&self) -> String {
         self.nodes[1..]
@@ -175,20 +208,13 @@ fn a_cluster_of_two_executors_answers_exactly_as_the_local_engine() {
     let cluster = Cluster::start(&ws, 2, "512MiB");
     for sql in QUESTIONS {
         let local = ws.run(&["query", "--table", "x=h2o/*.csv", "--format", "csv", sql]);
-        let remote = ws.run(&[
-            "query",
-            "--cluster",
-            &cluster.scheduler,
-            "--table",
-            "x=h2o/*.csv",
-            "--format",
-            "csv",
-            sql,
-        ]);
+        let remote = ws.run(&cluster.query_args(sql));
         let local_rows = csv_rows(local.success());
         assert!(!local_rows.is_empty(), "{sql}");
         assert_eq!(csv_rows(remote.success()), local_rows, "{sql}");
     }
+    // Results read to the end: the job's files are removed from the executors.
+    cluster.wait_for_empty_work_dirs(&ws);
     // Ballista's planner drops a session's physical rules; the executors applied Spillway's to
     // the stages they ran: its CSV decoder read the files.
     let logged = cluster.executor_output();
@@ -226,4 +252,31 @@ fn a_bad_cluster_address_is_a_usage_error() {
     let ws = Workspace::new();
     let out = ws.run(&["query", "--cluster", "http://x:1", "SELECT 1"]);
     assert!(out.failure(2).contains("--cluster `http://x:1`"));
+}
+
+#[test]
+fn a_reader_that_stops_early_cancels_the_job_and_leaves_no_job_files() {
+    let ws = Workspace::new();
+    h2o_csv(&ws);
+    let cluster = Cluster::start(&ws, 2, "512MiB");
+    let mut child = ws
+        .command()
+        .args(cluster.query_args("SELECT * FROM x"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the query");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut header = String::new();
+    stdout.read_line(&mut header).expect("the header line");
+    assert_eq!(header.trim(), "id1,id2,id3,id4,id5,id6,v1,v2,v3");
+    drop(stdout);
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.nodes[0].wait_for("Received cancellation request", Duration::from_secs(15));
+    cluster.wait_for_empty_work_dirs(&ws);
 }
