@@ -100,14 +100,14 @@ impl Cluster {
         }
     }
 
-    /// `query` on this cluster over the H2O table `x`, CSV out.
-    fn query_args<'a>(&'a self, sql: &'a str) -> [&'a str; 8] {
+    /// `query` on this cluster over the H2O table `x` (`table`: `x=LOCATION`), CSV out.
+    fn query_args<'a>(&'a self, table: &'a str, sql: &'a str) -> [&'a str; 8] {
         [
             "query",
             "--cluster",
             &self.scheduler,
             "--table",
-            "x=h2o/*.csv",
+            table,
             "--format",
             "csv",
             sql,
@@ -185,11 +185,15 @@ impl Cluster {
     }
 }
 
-/// A small H2O-like table: ids and values whose aggregates are easy to check.
+/// A small H2O table, as CSV in `h2o/` (and, with `parquet`, as Parquet in `h2o-pq/`).
 fn h2o_csv(ws: &Workspace) {
+    h2o(ws, "csv", "h2o");
+}
+
+fn h2o(ws: &Workspace, format: &str, out: &str) {
     ws.run(&[
-        "gen", "h2o", "--rows", "200000", "--groups", "10", "--files", "4", "--format", "csv",
-        "--out", "h2o",
+        "gen", "h2o", "--rows", "200000", "--groups", "10", "--files", "4", "--format", format,
+        "--out", out,
     ])
     .success();
 }
@@ -205,13 +209,16 @@ const QUESTIONS: &[&str] = &[
 fn a_cluster_of_two_executors_answers_exactly_as_the_local_engine() {
     let ws = Workspace::new();
     h2o_csv(&ws);
+    h2o(&ws, "parquet", "h2o-pq");
     let cluster = Cluster::start(&ws, 2, "512MiB");
-    for sql in QUESTIONS {
-        let local = ws.run(&["query", "--table", "x=h2o/*.csv", "--format", "csv", sql]);
-        let remote = ws.run(&cluster.query_args(sql));
-        let local_rows = csv_rows(local.success());
-        assert!(!local_rows.is_empty(), "{sql}");
-        assert_eq!(csv_rows(remote.success()), local_rows, "{sql}");
+    for table in ["x=h2o/*.csv", "x=h2o-pq/*.parquet"] {
+        for sql in QUESTIONS {
+            let local = ws.run(&["query", "--table", table, "--format", "csv", sql]);
+            let remote = ws.run(&cluster.query_args(table, sql));
+            let local_rows = csv_rows(local.success());
+            assert!(!local_rows.is_empty(), "{table}: {sql}");
+            assert_eq!(csv_rows(remote.success()), local_rows, "{table}: {sql}");
+        }
     }
     // Results read to the end: the job's files are removed from the executors.
     cluster.wait_for_empty_work_dirs(&ws);
@@ -261,7 +268,7 @@ fn a_reader_that_stops_early_cancels_the_job_and_leaves_no_job_files() {
     let cluster = Cluster::start(&ws, 2, "512MiB");
     let mut child = ws
         .command()
-        .args(cluster.query_args("SELECT * FROM x"))
+        .args(cluster.query_args("x=h2o/*.csv", "SELECT * FROM x"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
