@@ -21,6 +21,7 @@ use crate::engine::group_keys::PACK_INTEGER_KEYS;
 use crate::engine::group_topk::TopKPerGroup;
 use crate::engine::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TWO_LEVEL_DISTINCT};
 use crate::error::{Error, Result};
+use crate::storage::registry::OnDemandStores;
 use crate::storage::{Location, ResolvedLocation, StoreCounters, StoreRegistry};
 use datafusion::common::config::SpillCompression;
 use datafusion::common::metadata::ScalarAndMetadata;
@@ -91,7 +92,7 @@ pub(crate) struct Engine {
     ctx: SessionContext,
     pool: Arc<PeakPool>,
     /// The local store and one S3 store per bucket, registered with the session.
-    stores: StoreRegistry,
+    stores: Arc<StoreRegistry>,
     /// Behind a lock so a long-running server can register a table again over new files.
     tables: Mutex<Vec<RegisteredTable>>,
     options: EngineOptions,
@@ -414,7 +415,7 @@ async fn read_all(ctx: &SessionContext) -> Result<()> {
 /// the object stores (local mmap store; S3 per bucket).
 pub(crate) fn runtime_env(
     options: &EngineOptions,
-) -> Result<(Arc<RuntimeEnv>, Arc<PeakPool>, StoreRegistry)> {
+) -> Result<(Arc<RuntimeEnv>, Arc<PeakPool>, Arc<StoreRegistry>)> {
     let pool_bytes = pool_size(options.memory_limit);
     let pool = Arc::new(PeakPool::new(
         usize::try_from(pool_bytes).unwrap_or(usize::MAX),
@@ -433,11 +434,17 @@ pub(crate) fn runtime_env(
         disk = disk.with_max_temp_directory_size(max_spill);
     }
     disk = disk.with_max_spill_merge_fan_in(spill_merge_fan_in(pool_bytes, options.workers));
+    let on_demand = Arc::new(OnDemandStores::new());
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_pool(pool.clone())
         .with_disk_manager_builder(disk)
+        .with_object_store_registry(on_demand.clone())
         .build_arc()?;
-    let stores = StoreRegistry::new(runtime.object_store_registry.clone(), options.s3.clone())?;
+    let stores = Arc::new(StoreRegistry::new(
+        runtime.object_store_registry.clone(),
+        options.s3.clone(),
+    )?);
+    on_demand.attach(stores.clone());
     Ok((runtime, pool, stores))
 }
 

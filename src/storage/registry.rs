@@ -12,11 +12,12 @@ use super::s3::s3_store;
 use super::Location;
 use crate::config::S3Settings;
 use crate::error::{Error, Result};
-use datafusion::execution::object_store::ObjectStoreRegistry;
+use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use object_store::path::Path as StorePath;
 use object_store::ObjectStore;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Where an `s3://bucket/key` output goes: the bucket's store and the key.
 pub(crate) struct ObjectTarget {
@@ -117,5 +118,66 @@ impl StoreRegistry {
             store,
             path: location.prefix()?,
         })
+    }
+}
+
+/// DataFusion's store registry, making an S3 bucket's store on its first use from this
+/// process's own `[storage.s3]` settings and environment. A cluster node meets buckets named by
+/// the plans it runs, never by tables of its own, and must not take their settings from a job.
+pub(crate) struct OnDemandStores {
+    inner: DefaultObjectStoreRegistry,
+    /// Set once, right after the runtime is built; lives as long as the runtime.
+    stores: OnceLock<Arc<StoreRegistry>>,
+}
+
+impl OnDemandStores {
+    pub(crate) fn new() -> OnDemandStores {
+        OnDemandStores {
+            inner: DefaultObjectStoreRegistry::new(),
+            stores: OnceLock::new(),
+        }
+    }
+
+    /// The registry that makes the stores (it registers them back here).
+    pub(crate) fn attach(&self, stores: Arc<StoreRegistry>) {
+        let _ = self.stores.set(stores);
+    }
+}
+
+impl std::fmt::Debug for OnDemandStores {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnDemandStores")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl ObjectStoreRegistry for OnDemandStores {
+    fn register_store(
+        &self,
+        url: &url::Url,
+        store: Arc<dyn ObjectStore>,
+    ) -> Option<Arc<dyn ObjectStore>> {
+        self.inner.register_store(url, store)
+    }
+
+    fn deregister_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        self.inner.deregister_store(url)
+    }
+
+    fn get_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
+        let missing = match self.inner.get_store(url) {
+            Ok(store) => return Ok(store),
+            Err(missing) => missing,
+        };
+        let (Some(stores), "s3", Some(bucket)) = (self.stores.get(), url.scheme(), url.host_str())
+        else {
+            return Err(missing);
+        };
+        let location = Location::parse(&format!("s3://{bucket}/"))
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        stores
+            .store_for(&location, None)
+            .map_err(|e| DataFusionError::External(Box::new(e)))
     }
 }

@@ -287,3 +287,35 @@ fn a_reader_that_stops_early_cancels_the_job_and_leaves_no_job_files() {
     cluster.nodes[0].wait_for("Received cancellation request", Duration::from_secs(15));
     cluster.wait_for_empty_work_dirs(&ws);
 }
+
+#[test]
+fn executors_read_s3_with_their_own_settings_and_print_no_secret() {
+    use crate::s3::{S3Server, SECRET};
+    let ws = Workspace::new();
+    h2o(&ws, "parquet", "h2o-pq");
+    let server = S3Server::start();
+    let bucket = server.bucket("data").join("h2o");
+    std::fs::create_dir_all(&bucket).unwrap();
+    for file in ws.files_below("h2o-pq") {
+        std::fs::copy(&file, bucket.join(file.file_name().unwrap())).unwrap();
+    }
+    // Every node reads ./spillway.toml: the client, the scheduler and the executors each
+    // build their S3 store from it; nothing about the store travels in the job.
+    ws.write("spillway.toml", server.config(SECRET, ""));
+    let cluster = Cluster::start(&ws, 2, "512MiB");
+    let sql = QUESTIONS[1];
+    let local = ws.run(&[
+        "query",
+        "--table",
+        "x=h2o-pq/*.parquet",
+        "--format",
+        "csv",
+        sql,
+    ]);
+    let remote = ws.run(&cluster.query_args("x=s3://data/h2o/*.parquet", sql));
+    assert_eq!(csv_rows(remote.success()), csv_rows(local.success()));
+    assert!(!remote.stderr.contains(SECRET));
+    for node in &cluster.nodes {
+        assert!(!node.output().contains(SECRET), "{}", node.output());
+    }
+}

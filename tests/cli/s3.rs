@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 const ACCESS_KEY: &str = "AKIASPILLWAYTEST";
 /// The secret doubles as a sentinel: no output of Spillway may ever contain it.
-const SECRET: &str = "sentinel-secret-4c0ffee5";
+pub const SECRET: &str = "sentinel-secret-4c0ffee5";
 
 /// A running `s3s-fs` whose buckets are the folders under `root`.
 pub struct S3Server {
