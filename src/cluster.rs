@@ -110,6 +110,13 @@ pub(crate) fn client_state(state: SessionState, address: &str) -> Result<Session
         .map_err(|e| Error::Usage(format!("--cluster `{address}`: {e}")))
 }
 
+/// Whether `plan` (a physical plan of a clustered engine) runs as a job on the cluster; plans
+/// Ballista keeps local (catalog queries) do not.
+pub(crate) fn runs_on_cluster(plan: &Arc<dyn ExecutionPlan>) -> bool {
+    plan.downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
+        .is_some()
+}
+
 /// The stream of a statement that runs on the cluster, following its job: when the stream
 /// ends, the scheduler is told to remove the job's files from the executors (the results were
 /// read; with Ballista's timer off they would otherwise stay); when it is dropped before its end
@@ -119,10 +126,7 @@ pub(crate) fn follow_job(
     stream: SendableRecordBatchStream,
     address: &str,
 ) -> Result<SendableRecordBatchStream> {
-    if plan
-        .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
-        .is_none()
-    {
+    if !runs_on_cluster(plan) {
         return Ok(stream);
     }
     let (host, port) = scheduler_host_port(address)?;

@@ -222,6 +222,35 @@ fn a_cluster_of_two_executors_answers_exactly_as_the_local_engine() {
     }
     // Results read to the end: the job's files are removed from the executors.
     cluster.wait_for_empty_work_dirs(&ws);
+    // `explain` says where (after the files check: an explained job's files stay until the
+    // executors' sweep) a statement runs: on the cluster, or (catalog queries) here.
+    let explained = ws.run(&[
+        "explain",
+        "--cluster",
+        &cluster.scheduler,
+        "--table",
+        "x=h2o/*.csv",
+        QUESTIONS[0],
+    ]);
+    let expected = format!("== runs in ==\ncluster {}:", cluster.scheduler);
+    assert!(
+        explained.success().starts_with(&expected),
+        "{}",
+        explained.stdout
+    );
+    let explained = ws.run(&[
+        "explain",
+        "--cluster",
+        &cluster.scheduler,
+        "SELECT * FROM information_schema.tables",
+    ]);
+    assert!(
+        explained
+            .success()
+            .starts_with("== runs in ==\nthis process\n"),
+        "{}",
+        explained.stdout
+    );
     // Ballista's planner drops a session's physical rules; the executors applied Spillway's to
     // the stages they ran: its CSV decoder read the files.
     let logged = cluster.executor_output();
