@@ -70,21 +70,16 @@ pub(crate) fn scheduler_host_port(address: &str) -> Result<(String, u16)> {
 /// scheduler that is down is a clear error naming its address (exit 8), not a hang.
 pub(crate) async fn check_reachable(address: &str) -> Result<()> {
     let (host, port) = scheduler_host_port(address)?;
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
     let unreachable = |why: String| {
         Error::Storage(format!(
-            "cluster: cannot reach the scheduler at df://{}:{port}: {why}",
-            scheduler_host_port(address)
-                .map(|(h, _)| h)
-                .unwrap_or_default()
+            "cluster: cannot reach the scheduler at df://{host}:{port}: {why}"
         ))
     };
+    // An IPv6 host is bracketed in the address, not in the socket API.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
     match tokio::time::timeout(
         CONNECT_TIMEOUT,
-        tokio::net::TcpStream::connect((host.as_str(), port)),
+        tokio::net::TcpStream::connect((bare, port)),
     )
     .await
     {

@@ -29,9 +29,11 @@ use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion::execution::session_state::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::execution::FunctionRegistry;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{AggregateUDF, LogicalPlan, ScalarUDF};
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::optimizer::OptimizerRule;
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
@@ -122,9 +124,9 @@ impl Engine {
         if let Some(scheduler) = &options.cluster {
             state = crate::cluster::client_state(state, scheduler)?;
         }
-        let ctx = SessionContext::new_with_state(state);
         // After the Ballista upgrade, which resets the function lists to its defaults.
-        register_functions(&ctx);
+        register_functions(&mut state)?;
+        let ctx = SessionContext::new_with_state(state);
         Ok(Engine {
             ctx,
             pool,
@@ -463,24 +465,15 @@ pub(crate) fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Syn
     ]
 }
 
-/// Spillway's functions, by the names plans refer to them: `spillway_pack_keys`, and its own
-/// `median` and `corr` (replacing DataFusion's). Every node of a cluster registers them,
-/// because plans name functions instead of carrying them.
-pub(crate) fn functions() -> (Vec<Arc<ScalarUDF>>, Vec<Arc<AggregateUDF>>) {
-    (
-        vec![group_keys::pack_keys_udf()],
-        crate::engine::aggregate::udafs(),
-    )
-}
-
-fn register_functions(ctx: &SessionContext) {
-    let (scalars, aggregates) = functions();
-    for udf in scalars {
-        ctx.register_udf(udf.as_ref().clone());
+/// Register Spillway's functions in `state`, by the names plans refer to them:
+/// `spillway_pack_keys`, and its own `median` and `corr` (replacing DataFusion's). Every node of
+/// a cluster registers them, because plans name functions instead of carrying them.
+pub(crate) fn register_functions(state: &mut SessionState) -> Result<()> {
+    state.register_udf(group_keys::pack_keys_udf())?;
+    for udaf in crate::engine::aggregate::udafs() {
+        state.register_udaf(udaf)?;
     }
-    for udaf in aggregates {
-        ctx.register_udaf(udaf.as_ref().clone());
-    }
+    Ok(())
 }
 
 fn session_config(options: &EngineOptions) -> SessionConfig {

@@ -261,15 +261,22 @@ pub(crate) async fn explain(engine: &Engine, sql: &str, analyze: bool) -> Result
     }
     let plan = engine.plan(last).await?;
     let frame = engine.context().execute_logical_plan(plan).await?;
-    let physical = frame.clone().create_physical_plan().await?;
-    // Catalog queries stay in this process even with a cluster: say where this one runs.
+    // Catalog queries stay in this process even with a cluster: say where this one runs (the
+    // extra physical planning only with a cluster).
     let place = match &engine.options().cluster {
-        Some(address) if crate::cluster::runs_on_cluster(&physical) => format!(
-            "cluster {}: the distributed plan's stages run on its executors, with Spillway's \
-             rules applied there",
-            crate::cluster::scheduler_url(address)?
-        ),
-        _ => "this process".to_string(),
+        Some(address) => {
+            let physical = frame.clone().create_physical_plan().await?;
+            if crate::cluster::runs_on_cluster(&physical) {
+                format!(
+                    "cluster {}: the distributed plan's stages run on its executors, with \
+                     Spillway's rules applied there",
+                    crate::cluster::scheduler_url(address)?
+                )
+            } else {
+                "this process".to_string()
+            }
+        }
+        None => "this process".to_string(),
     };
     let batches = frame.explain(false, analyze)?.collect().await?;
     let mut text = format!("== runs in ==\n{place}\n");

@@ -14,7 +14,6 @@ use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
-use datafusion::execution::FunctionRegistry;
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::SessionConfig;
@@ -90,13 +89,7 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
 /// over them. Ballista's own default registry lacks the nested (`array_*`) functions.
 fn function_registry() -> Result<BallistaFunctionRegistry> {
     let mut state = default_session_builder(SessionConfig::new_with_ballista())?;
-    let (scalars, aggregates) = engine::functions();
-    for udf in scalars {
-        state.register_udf(udf)?;
-    }
-    for udaf in aggregates {
-        state.register_udaf(udaf)?;
-    }
+    engine::register_functions(&mut state)?;
     Ok(BallistaFunctionRegistry::from(&state))
 }
 

@@ -10,8 +10,8 @@ use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
 use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
 use ballista_scheduler::scheduler_server::{SchedulerServer, SessionBuilder};
+use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
-use datafusion::execution::FunctionRegistry;
 use datafusion::prelude::SessionConfig;
 use datafusion_proto::protobuf::{LogicalPlanNode, PhysicalPlanNode};
 use std::net::SocketAddr;
@@ -65,13 +65,8 @@ fn session_builder(options: &EngineOptions) -> Result<SessionBuilder> {
         let mut state = SessionStateBuilder::new_from_existing(state)
             .with_runtime_env(runtime.clone())
             .build();
-        let (scalars, aggregates) = engine::functions();
-        for udf in scalars {
-            state.register_udf(udf)?;
-        }
-        for udaf in aggregates {
-            state.register_udaf(udaf)?;
-        }
+        engine::register_functions(&mut state)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(state)
     }))
 }
