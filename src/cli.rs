@@ -129,9 +129,13 @@ pub(crate) struct ClusterExecutorArgs {
     /// The scheduler to register with
     #[arg(long, value_name = "df://HOST:PORT")]
     pub(crate) scheduler: String,
-    /// Address to bind and announce to the scheduler, clients and other executors
+    /// Address announced to the scheduler, clients and other executors (a name such as a
+    /// container's host name, or an IP)
     #[arg(long, default_value = "127.0.0.1", value_name = "HOST")]
     pub(crate) host: String,
+    /// Local IP address to listen on [default: --host when it is an IP, else 0.0.0.0]
+    #[arg(long, value_name = "IP")]
+    pub(crate) bind: Option<std::net::IpAddr>,
     /// Arrow Flight port (shuffle reads, result fetches)
     #[arg(long, default_value_t = 50051, value_name = "PORT")]
     pub(crate) flight_port: u16,

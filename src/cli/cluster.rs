@@ -18,8 +18,15 @@ fn place(args: ClusterExecutorArgs) -> ExecutorPlace {
     let work_dir = args.work_dir.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("spillway-executor-{}", args.flight_port))
     });
+    // A host name (a container's, say) is announced as given; the sockets need an address.
+    let bind = args.bind.unwrap_or_else(|| {
+        args.host
+            .parse()
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+    });
     ExecutorPlace {
         scheduler: args.scheduler,
+        bind,
         host: args.host,
         flight_port: args.flight_port,
         grpc_port: args.grpc_port,

@@ -25,9 +25,11 @@ use std::sync::Arc;
 pub(crate) struct ExecutorPlace {
     /// The scheduler, `df://host:port`.
     pub(crate) scheduler: String,
-    /// Address the executor binds and announces (reachable from the scheduler, clients and
-    /// the other executors).
+    /// Address the executor announces (reachable from the scheduler, clients and the other
+    /// executors).
     pub(crate) host: String,
+    /// Address its sockets listen on.
+    pub(crate) bind: std::net::IpAddr,
     /// Arrow Flight port: shuffle reads and result fetches.
     pub(crate) flight_port: u16,
     /// gRPC port: the scheduler launches and cancels tasks here.
@@ -53,7 +55,7 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
     // One runtime, so one pool, for every task of this process.
     let runtime_producer: RuntimeProducer = Arc::new(move |_config| Ok(runtime.clone()));
     let mut config = ExecutorProcessConfig {
-        bind_host: place.host.clone(),
+        bind_host: place.bind.to_string(),
         external_host: Some(place.host.clone()),
         port: place.flight_port,
         grpc_port: place.grpc_port,
