@@ -43,7 +43,7 @@ echo "== compose up to the first answer: $((SECONDS - t1)) s (answer: ${answer:-
 [ "$answer" = 200000 ] || { $pc logs; exit 1; }
 # The same question where the executors must shuffle: per-state sums, on the cluster.
 PGPASSWORD=verify-password psql -X -A -t "host=127.0.0.1 port=5432 user=analyst dbname=spillway sslmode=disable" \
-  -c "EXPLAIN SELECT state, count(*) FROM claims GROUP BY state" | grep -q "cluster df://scheduler:50050" \
+  -c "EXPLAIN SELECT plan_id, count(*) FROM claims GROUP BY plan_id" | grep -q "distributed_plan" \
   || { echo "serve did not run on the cluster"; exit 1; }
 if $pc logs 2>&1 | grep -F "$secret"; then echo "a container printed the S3 secret"; exit 1; fi
 $pc ps

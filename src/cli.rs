@@ -115,6 +115,19 @@ pub(crate) enum ClusterCommand {
     /// A Ballista executor running stages as Spillway does: its functions, physical rules,
     /// memory limit and spilling (--memory-limit, --spill-dir, --max-spill), and stores
     Executor(ClusterExecutorArgs),
+    /// Executors (slots, last heartbeat) and queued and running jobs of the scheduler named by
+    /// --cluster (or [cluster] scheduler)
+    Status(ClusterStatusArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ClusterStatusArgs {
+    /// Fail (exit 8) when fewer executors than this are registered: a readiness check
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) min_executors: usize,
+    /// Print the status as JSON
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -430,4 +443,13 @@ mod tests {
         use clap::CommandFactory;
         Cli::command().debug_assert();
     }
+}
+
+/// Write to stdout without `print!`'s panic when the reader is gone.
+pub(crate) fn print_stdout(text: &str) -> crate::error::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .map_err(|e| crate::error::Error::Output(format!("stdout: {e}")))
 }

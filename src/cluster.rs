@@ -10,20 +10,26 @@
 //! settings to another.
 
 pub(crate) mod executor;
+pub(crate) mod job;
 pub(crate) mod scheduler;
+pub(crate) mod status;
+
+pub(crate) use job::{finish_cancels, job_totals, runs_on_cluster, JobTotals};
 
 use crate::error::{Error, Result};
-use ballista_core::execution_plans::DistributedQueryExec;
-use ballista_core::extension::SessionStateExt;
-use ballista_core::serde::protobuf::scheduler_grpc_client::SchedulerGrpcClient;
-use ballista_core::serde::protobuf::{CancelJobParams, CleanJobDataParams};
-use datafusion::arrow::record_batch::RecordBatch;
+use ballista_core::extension::{SessionConfigExt, SessionStateExt};
+use ballista_core::planner::BallistaQueryPlanner;
+use datafusion::catalog::Session;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::listing::ListingTable;
+use datafusion::datasource::source_as_provider;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion::execution::session_state::SessionState;
-use datafusion::execution::SendableRecordBatchStream;
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::protobuf::LogicalPlanNode;
-use futures::StreamExt;
 use std::sync::Arc;
 
 /// Ballista's default scheduler port.
@@ -100,129 +106,78 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// function lists here; the engine registers Spillway's functions again afterwards.
 pub(crate) fn client_state(state: SessionState, address: &str) -> Result<SessionState> {
     let url = scheduler_url(address)?;
-    state
-        .upgrade_for_ballista(url)
-        .map_err(|e| Error::Usage(format!("--cluster `{address}`: {e}")))
-}
-
-/// Whether `plan` (a physical plan of a clustered engine) runs as a job on the cluster; plans
-/// Ballista keeps local (catalog queries) do not.
-pub(crate) fn runs_on_cluster(plan: &Arc<dyn ExecutionPlan>) -> bool {
-    plan.downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
-        .is_some()
-}
-
-/// The stream of a statement that runs on the cluster, following its job: when the stream
-/// ends, the scheduler is told to remove the job's files from the executors (the results were
-/// read; with Ballista's timer off they would otherwise stay); when it is dropped before its end
-/// (a closed pipe, Ctrl-C, an error), the job is cancelled. Other plans pass through.
-pub(crate) fn follow_job(
-    plan: &Arc<dyn ExecutionPlan>,
-    stream: SendableRecordBatchStream,
-    address: &str,
-) -> Result<SendableRecordBatchStream> {
-    if !runs_on_cluster(plan) {
-        return Ok(stream);
-    }
+    let state = state
+        .upgrade_for_ballista(url.clone())
+        .map_err(|e| Error::Usage(format!("--cluster `{address}`: {e}")))?;
     let (host, port) = scheduler_host_port(address)?;
-    let guard = JobGuard {
-        plan: Arc::clone(plan),
-        scheduler: format!("http://{host}:{port}"),
-        read_to_end: false,
-    };
-    let schema = stream.schema();
-    let tail = futures::stream::once(async move {
-        let mut guard = guard;
-        guard.read_to_end = true;
-        if let Some(job) = guard.job_id() {
-            if let Err(error) = remove_job_data(&guard.scheduler, &job).await {
-                tracing::warn!("job {job}: could not have its result files removed: {error}");
-            }
-        }
-        None
-    })
-    .filter_map(|end: Option<datafusion::error::Result<RecordBatch>>| async move { end });
-    Ok(Box::pin(RecordBatchStreamAdapter::new(
-        schema,
-        stream.chain(tail),
-    )))
+    let remote = BallistaQueryPlanner::<LogicalPlanNode>::with_extension(
+        url,
+        state.config().ballista_config(),
+        state.config().ballista_logical_extension_codec(),
+    );
+    Ok(SessionStateBuilder::new_from_existing(state)
+        .with_query_planner(Arc::new(ClusterPlanner {
+            remote,
+            local: DefaultPhysicalPlanner::default(),
+            scheduler: format!("http://{host}:{port}"),
+        }))
+        .build())
 }
 
-/// Cancels its job when dropped before the job's results were read to the end.
-struct JobGuard {
-    plan: Arc<dyn ExecutionPlan>,
+/// Plans a statement as a job for the cluster when every table it reads is a file table
+/// (which a job can name: executors read the files themselves), and here otherwise: catalog
+/// tables (`information_schema`, `pg_catalog`), in-memory tables, and statements that read no
+/// table. Ballista's own planner keeps only `information_schema` local and sends the rest,
+/// where a `pg_catalog` or in-memory table cannot be encoded.
+struct ClusterPlanner {
+    remote: BallistaQueryPlanner<LogicalPlanNode>,
+    local: DefaultPhysicalPlanner,
+    /// `http://host:port`, for the calls that follow a job.
     scheduler: String,
-    read_to_end: bool,
 }
 
-impl JobGuard {
-    fn job_id(&self) -> Option<String> {
-        self.plan
-            .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
-            .and_then(|exec| exec.job_id())
-            .map(|job| job.to_string())
+impl std::fmt::Debug for ClusterPlanner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterPlanner")
+            .field("remote", &self.remote)
+            .finish_non_exhaustive()
     }
 }
 
-impl Drop for JobGuard {
-    fn drop(&mut self) {
-        if self.read_to_end {
-            return;
+#[async_trait::async_trait]
+impl QueryPlanner for ClusterPlanner {
+    async fn create_physical_plan(
+        &self,
+        plan: &LogicalPlan,
+        state: &dyn Session,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        if reads_only_files(plan) {
+            let job = self.remote.create_physical_plan(plan, state).await?;
+            Ok(job::JobExec::wrap(job, self.scheduler.clone()))
+        } else {
+            self.local.create_physical_plan(plan, state).await
         }
-        let (Some(job), Ok(runtime)) = (self.job_id(), tokio::runtime::Handle::try_current())
-        else {
-            return;
-        };
-        let scheduler = self.scheduler.clone();
-        let cancelling = runtime.spawn(async move {
-            let cancelled = async {
-                let mut client = SchedulerGrpcClient::connect(scheduler).await?;
-                client
-                    .cancel_job(CancelJobParams {
-                        job_id: job.clone(),
-                    })
-                    .await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
-            };
-            if let Err(error) = cancelled.await {
-                tracing::warn!("job {job}: could not be cancelled: {error}");
+    }
+}
+
+/// Whether `plan` reads at least one table and every table it reads is a file table.
+fn reads_only_files(plan: &LogicalPlan) -> bool {
+    let mut scans = 0usize;
+    let mut all_files = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            scans += 1;
+            let is_file_table = source_as_provider(&scan.source)
+                .map(|provider| provider.downcast_ref::<ListingTable>().is_some())
+                .unwrap_or(false);
+            if !is_file_table {
+                all_files = false;
+                return Ok(TreeNodeRecursion::Stop);
             }
-        });
-        if let Ok(mut pending) = CANCELLING.lock() {
-            pending.push(cancelling);
         }
-    }
-}
-
-/// Cancellations sent from `JobGuard::drop`, which cannot wait for them.
-static CANCELLING: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>> =
-    std::sync::Mutex::new(Vec::new());
-
-/// Wait (at most a few seconds) for the cancellations of jobs whose readers stopped early, so
-/// that they reach the scheduler before the process exits.
-pub(crate) async fn finish_cancels() {
-    let pending = match CANCELLING.lock() {
-        Ok(mut pending) => std::mem::take(&mut *pending),
-        Err(_) => return,
-    };
-    if pending.is_empty() {
-        return;
-    }
-    let _ = tokio::time::timeout(CONNECT_TIMEOUT, futures::future::join_all(pending)).await;
-}
-
-async fn remove_job_data(
-    scheduler: &str,
-    job: &str,
-) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = SchedulerGrpcClient::connect(scheduler.to_string()).await?;
-    client
-        .clean_job_data(CleanJobDataParams {
-            job_id: job.to_string(),
-            remove_stage_ids: Vec::new(),
-        })
-        .await?;
-    Ok(())
+        Ok(TreeNodeRecursion::Continue)
+    });
+    scans > 0 && all_files
 }
 
 #[cfg(test)]

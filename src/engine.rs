@@ -39,7 +39,8 @@ use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::{DFParser, Statement};
-use memory::{pool_size, spill_merge_fan_in, CappedPool, PeakPool, DEFAULT_MEMORY_FRACTION};
+pub(crate) use memory::PeakPool;
+use memory::{pool_size, spill_merge_fan_in, CappedPool, DEFAULT_MEMORY_FRACTION};
 use object_store::ObjectStore;
 use std::collections::HashMap;
 use std::num::NonZeroUsize;
@@ -275,10 +276,7 @@ impl Engine {
         self.pool.reset_peak();
         let frame = self.ctx.execute_logical_plan(plan).await?;
         let physical = frame.create_physical_plan().await?;
-        let mut stream = execute_stream(physical.clone(), self.ctx.task_ctx())?;
-        if let Some(address) = &self.options.cluster {
-            stream = crate::cluster::follow_job(&physical, stream, address)?;
-        }
+        let stream = execute_stream(physical.clone(), self.ctx.task_ctx())?;
         Ok(RunningQuery {
             plan: physical,
             stream,
@@ -335,16 +333,7 @@ impl Engine {
         let settings = config.options_mut();
         settings.optimizer.prefer_hash_join = false;
         settings.optimizer.enable_topk_aggregation = false;
-        // A sort frees its merge reservation to sort what it holds before spilling, then takes it
-        // back; under a small pool the other partition's merge can take that memory in between
-        // (seen once in five test-suite runs at 16 MiB: "allocation failed for
-        // ExternalSorterMerge"). A larger share kept for merges up front leaves less to take.
-        let merge_share =
-            pool_size(self.options.memory_limit) / (2 * self.options.workers.max(1) as u64);
-        let merge_share = merge_share.clamp(1 << 20, 10 << 20) as usize;
-        let execution = &mut settings.execution;
-        execution.sort_spill_reservation_bytes =
-            execution.sort_spill_reservation_bytes.max(merge_share);
+        fit_sorts_to_pool(settings, &self.options, true);
         // Top k per group holds k rows per group in memory; the full sort spills.
         let mut rules: Vec<_> = self
             .ctx
@@ -465,6 +454,24 @@ pub(crate) fn physical_rules() -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Syn
     ]
 }
 
+/// The physical rules for a stage planned with `settings`: the conservative retry (see
+/// [`Engine::execute_conservatively`]) turns top-k aggregation off, and then top-k per group
+/// gives way to a full sort that spills, as it does in this process. Executors learn of a
+/// retry only through the settings a job carries, so this is how they tell.
+pub(crate) fn physical_rules_for(
+    settings: &datafusion::config::ConfigOptions,
+) -> Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> {
+    if settings.optimizer.enable_topk_aggregation {
+        return physical_rules();
+    }
+    let mut rules: Vec<Arc<dyn PhysicalOptimizerRule + Send + Sync>> = physical_rules()
+        .into_iter()
+        .filter(|rule| rule.name() != TopKPerGroup::NAME)
+        .collect();
+    rules.push(Arc::new(FullSortInsteadOfTopK));
+    rules
+}
+
 /// Register Spillway's functions in `state`, by the names plans refer to them:
 /// `spillway_pack_keys`, and its own `median` and `corr` (replacing DataFusion's). Every node of
 /// a cluster registers them, because plans name functions instead of carrying them.
@@ -481,13 +488,34 @@ fn session_config(options: &EngineOptions) -> SessionConfig {
         .with_target_partitions(options.workers.max(1))
         .with_batch_size(options.batch_size.max(1))
         .with_information_schema(true);
-    let execution = &mut config.options_mut().execution;
-    execution.spill_compression = options.spill_compression;
-    // Sorts keep this much back for merging their spill files; DataFusion's 10 MiB per
-    // partition starves small limits, so scale it with the limit.
-    let per_partition = pool_size(options.memory_limit) / (8 * options.workers.max(1) as u64);
-    execution.sort_spill_reservation_bytes = per_partition.clamp(1 << 20, 10 << 20) as usize;
+    config.options_mut().execution.spill_compression = options.spill_compression;
+    fit_sorts_to_pool(config.options_mut(), options, false);
     config
+}
+
+/// Size what sorts keep back for merging their spill files to this process's pool:
+/// DataFusion's 10 MiB per partition starves small limits, so it scales with the limit. The
+/// conservative retry keeps a larger share (pool / (2 × workers)), never less than before: a
+/// sort frees its merge reservation to sort what it holds before spilling, then takes it back,
+/// and under a small pool the other partition's merge can take that memory in between (seen
+/// once in five test-suite runs at 16 MiB: "allocation failed for ExternalSorterMerge").
+/// Executors apply it to every task with their own limit: a job's settings carry the
+/// client's value, sized for the client's pool.
+pub(crate) fn fit_sorts_to_pool(
+    settings: &mut datafusion::config::ConfigOptions,
+    options: &EngineOptions,
+    conservative: bool,
+) {
+    let pool = pool_size(options.memory_limit);
+    let workers = options.workers.max(1) as u64;
+    let normal = (pool / (8 * workers)).clamp(1 << 20, 10 << 20) as usize;
+    let execution = &mut settings.execution;
+    execution.sort_spill_reservation_bytes = if conservative {
+        let merge_share = (pool / (2 * workers)).clamp(1 << 20, 10 << 20) as usize;
+        merge_share.max(normal)
+    } else {
+        normal
+    };
 }
 
 /// Parse a spill compression name.

@@ -156,6 +156,9 @@ fn classify(error: &DataFusionError) -> Error {
             Some(ours) => ours.clone_shallow(),
             None => Error::Internal(message),
         },
+        DataFusionError::Execution(text) if cluster_job_failure(text).is_some() => {
+            cluster_job_failure(text).unwrap_or(Error::Internal(message))
+        }
         DataFusionError::Execution(text) if text.contains("No space left") => {
             Error::ResourcesExhausted(format!("{message}; {RESOURCES_ADVICE}"))
         }
@@ -191,6 +194,43 @@ fn with_end_position(message: String) -> String {
 
 fn is_disk_full(message: &str) -> bool {
     message.contains("No space left") || message.contains("max_temp_directory_size")
+}
+
+/// A Ballista job that failed on the cluster comes back as one `Execution` error, the
+/// executor's error in Rust's debug form inside: "Job ID failed: Job failed due to stage N
+/// failed: Task failed due to runtime execution error: DataFusionError(...)". Classified by the
+/// error it carries, so a stage that ran out of memory is retried conservatively as locally,
+/// and a job lost with its executors is a storage/network failure (exit 8).
+fn cluster_job_failure(text: &str) -> Option<Error> {
+    let rest = text.strip_prefix("Job ")?;
+    let (job, why) = rest.split_once(" failed: ")?;
+    let inner = |variant: &str| {
+        let start = why.find(variant)? + variant.len();
+        let end = why[start..].find("\")").map_or(why.len(), |end| start + end);
+        Some(one_line(&why[start..end].replace("\\n", "\n").replace("\\\"", "\"")))
+    };
+    if let Some(detail) = inner("ResourcesExhausted(\"") {
+        return Some(Error::ResourcesExhausted(format!(
+            "on the cluster (job {job}): {detail}; {RESOURCES_ADVICE} on the executors"
+        )));
+    }
+    let detail = one_line(why);
+    if ["SQL(", "Plan(", "SchemaError(", "NotImplemented("]
+        .iter()
+        .any(|variant| why.contains(variant))
+    {
+        return Some(Error::Query(format!("on the cluster (job {job}): {detail}")));
+    }
+    if ["ArrowError(", "ParquetError("]
+        .iter()
+        .any(|variant| why.contains(variant))
+        || looks_like_bad_data(why)
+    {
+        return Some(Error::Input(format!("on the cluster (job {job}): {detail}")));
+    }
+    Some(Error::Storage(format!(
+        "cluster: job {job} failed: {detail}"
+    )))
 }
 
 fn looks_like_bad_data(text: &str) -> bool {
@@ -234,6 +274,26 @@ pub(crate) fn one_line(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_cluster_job_that_ran_out_of_memory_is_resources_exhausted_with_the_executor_message() {
+        let text = "Job 038J9SCXWC000 failed: Job failed due to stage 0 failed: Task failed due to runtime execution error: DataFusionError(Shared(External(DataFusionError(ResourcesExhausted(\"Additional allocation failed for TopK[1] with top memory consumers (across reservations) as:\\n  TopK[0]#0(can spill: false) consumed 5.1 MB, peak 5.1 MB.\\nError: Failed to allocate additional 1891.4 KB\")))))";
+        let error = Error::from(DataFusionError::Execution(text.to_string()));
+        assert_eq!(error.exit_code(), exit_code::RESOURCES);
+        assert_eq!(
+            error.to_string(),
+            format!("resources exhausted: on the cluster (job 038J9SCXWC000): Additional allocation failed for TopK[1] with top memory consumers (across reservations) as: TopK[0]#0(can spill: false) consumed 5.1 MB, peak 5.1 MB. Error: Failed to allocate additional 1891.4 KB; {RESOURCES_ADVICE} on the executors")
+        );
+    }
+
+    #[test]
+    fn a_cluster_job_lost_with_its_executors_is_a_storage_failure() {
+        let text = "Job 1 failed: Job failed due to stage 2 failed: executor lost";
+        let error = Error::from(DataFusionError::Execution(text.to_string()));
+        assert_eq!(error.exit_code(), exit_code::STORAGE);
+        assert_eq!(error.to_string(), "storage: cluster: job 1 failed: Job failed due to stage 2 failed: executor lost");
+    }
+
     use super::*;
 
     #[test]

@@ -48,7 +48,9 @@ fn main() -> ExitCode {
     // The daemon logs one line per run at info level; other commands only warn.
     let daemon = matches!(
         cli.command,
-        Command::Schedule(_) | Command::Serve(_) | Command::Cluster(_)
+        Command::Schedule(_)
+            | Command::Serve(_)
+            | Command::Cluster(cli::ClusterCommand::Scheduler(_) | cli::ClusterCommand::Executor(_))
     );
     init_logging(if daemon { "info" } else { "warn" });
     let outcome = load_config(&cli).and_then(|(config, options)| run(cli, config, options));
@@ -92,7 +94,9 @@ fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
     // reports, exit 0); every other command is cancelled by dropping it.
     let daemon = matches!(
         cli.command,
-        Command::Schedule(_) | Command::Serve(_) | Command::Cluster(_)
+        Command::Schedule(_)
+            | Command::Serve(_)
+            | Command::Cluster(cli::ClusterCommand::Scheduler(_) | cli::ClusterCommand::Executor(_))
     );
     let result = runtime.block_on(async move {
         let result = if daemon {

@@ -138,6 +138,10 @@ pub(crate) async fn run_statement(
     };
     let done = done.map_err(Failure::into_error)?;
     let output = sink.finish().await?;
+    let cluster = match options.stats {
+        true => crate::cluster::job_totals(&done.plan).await,
+        false => None,
+    };
     let stats = QueryStats {
         rows: output.rows,
         files: done.files,
@@ -149,6 +153,7 @@ pub(crate) async fn run_statement(
         peak_pool: engine.pool().peak(),
         pool_limit: engine.pool_limit(),
         peak_rss: stats::peak_rss(),
+        cluster,
     };
     Ok(StatementOutcome { output, stats })
 }

@@ -91,6 +91,9 @@ pub(crate) struct QueryStats {
     pub(crate) peak_pool: usize,
     pub(crate) pool_limit: u64,
     pub(crate) peak_rss: u64,
+    /// For a statement that ran on a cluster: what its executors reported (spills and memory
+    /// there; `spill` and `peak_pool` above are this process's).
+    pub(crate) cluster: Option<crate::cluster::JobTotals>,
 }
 
 impl fmt::Display for QueryStats {
@@ -118,7 +121,19 @@ impl fmt::Display for QueryStats {
             human_bytes(self.peak_pool as u64),
             human_bytes(self.pool_limit)
         )?;
-        write!(f, "peak RSS:      {}", human_bytes(self.peak_rss))
+        write!(f, "peak RSS:      {}", human_bytes(self.peak_rss))?;
+        if let Some(cluster) = &self.cluster {
+            write!(
+                f,
+                "\non executors:  {} stages; spilled {} spills, {}, {} rows; peak memory {} (largest stage, summed over executors)",
+                cluster.stages,
+                cluster.spill.spill_count,
+                human_bytes(cluster.spill.spilled_bytes as u64),
+                cluster.spill.spilled_rows,
+                human_bytes(cluster.peak_memory)
+            )?;
+        }
+        Ok(())
     }
 }
 

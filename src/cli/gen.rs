@@ -40,18 +40,9 @@ pub(crate) fn generate_claims(
     })?;
     if args.print_config {
         // After the files are complete: a config printed for a failed run would name nothing.
-        print_stdout(&gen::claims_table_config(&options))?;
+        super::print_stdout(&gen::claims_table_config(&options))?;
     }
     Ok(())
-}
-
-/// Write to stdout without `print!`'s panic when the reader is gone.
-fn print_stdout(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    out.write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .map_err(|e| Error::Output(format!("stdout: {e}")))
 }
 
 pub(crate) fn generate_h2o(args: &GenH2oArgs, workers: usize, show_progress: bool) -> Result<()> {

@@ -15,7 +15,15 @@ use ballista_executor::execution_engine::{
 };
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
 use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::execution::memory_pool::MemoryPool;
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::metrics::{Gauge, Metric, MetricValue, MetricsSet};
 use datafusion::physical_plan::ExecutionPlan;
+use crate::engine::PeakPool;
+use ballista_core::serde::protobuf::{
+    RuntimeStatsReport, ShuffleWritePartition, TaskColumnStats, WindowStateReport,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use datafusion::prelude::SessionConfig;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -51,9 +59,16 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
             place.work_dir.display()
         ))
     })?;
-    let (runtime, _pool, _stores) = engine::runtime_env(&options)?;
+    let (runtime, pool, _stores) = engine::runtime_env(&options)?;
     // One runtime, so one pool, for every task of this process.
     let runtime_producer: RuntimeProducer = Arc::new(move |_config| Ok(runtime.clone()));
+    let executor_id = format!("{}:{}", place.host, place.flight_port);
+    let stages = SpillwayStages {
+        inner: DefaultExecutionEngine::default(),
+        pool,
+        executor_id: executor_id.clone(),
+        options: options.clone(),
+    };
     let mut config = ExecutorProcessConfig {
         bind_host: place.bind.to_string(),
         external_host: Some(place.host.clone()),
@@ -72,10 +87,10 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
         memory_pool_size: Some(0),
         override_function_registry: Some(Arc::new(function_registry()?)),
         override_runtime_producer: Some(runtime_producer),
-        override_execution_engine: Some(Arc::new(SpillwayStages::default())),
+        override_execution_engine: Some(Arc::new(stages)),
         ..ExecutorProcessConfig::default()
     };
-    config.executor_id = format!("{}:{}", place.host, place.flight_port);
+    config.executor_id = executor_id;
     eprintln!(
         "spillway: executor on {}:{} (Flight) and {}:{} (tasks), scheduler df://{scheduler_host}:{scheduler_port}",
         place.host, place.flight_port, place.host, place.grpc_port
@@ -95,12 +110,16 @@ fn function_registry() -> Result<BallistaFunctionRegistry> {
     Ok(BallistaFunctionRegistry::from(&state))
 }
 
-/// Runs each stage plan with Spillway's physical rules applied to it. The scheduler cannot
-/// apply them: its adaptive planner replaces a session's physical rules with its own list, and
-/// the nodes they make would not survive the trip to the executor.
-#[derive(Default)]
+/// Runs each stage plan with Spillway's physical rules applied to it, and reports the memory
+/// the executor's pool held while it ran. The scheduler cannot apply the rules: its adaptive
+/// planner replaces a session's physical rules with its own list, and the nodes they make
+/// would not survive the trip to the executor.
 struct SpillwayStages {
     inner: DefaultExecutionEngine,
+    pool: Arc<PeakPool>,
+    executor_id: String,
+    /// This executor's limits, which size what its tasks' sorts keep back.
+    options: EngineOptions,
 }
 
 impl ExecutionEngine for SpillwayStages {
@@ -114,6 +133,7 @@ impl ExecutionEngine for SpillwayStages {
         work_dir: &str,
         config: &SessionConfig,
     ) -> datafusion::error::Result<Arc<dyn QueryStageExecutor>> {
+        let scheduler_operators = operators_with_metrics(&plan);
         let (plan, changed_by) = with_spillway_rules(plan, config)?;
         if !changed_by.is_empty() {
             // The proof that Spillway's rules ran where the stage runs (tests read it).
@@ -122,7 +142,7 @@ impl ExecutionEngine for SpillwayStages {
                 changed_by.join(", ")
             );
         }
-        self.inner.create_query_stage_exec(
+        let inner = self.inner.create_query_stage_exec(
             job_id,
             stage_id,
             task_id,
@@ -130,7 +150,145 @@ impl ExecutionEngine for SpillwayStages {
             plan,
             work_dir,
             config,
-        )
+        )?;
+        Ok(Arc::new(PoolPeakStage {
+            inner,
+            pool: Arc::clone(&self.pool),
+            executor_id: self.executor_id.clone(),
+            peak: AtomicUsize::new(0),
+            options: self.options.clone(),
+            scheduler_operators,
+        }))
+    }
+}
+
+/// `context` with its sorts sized to this executor's pool (the job's settings carry the
+/// client's sizes), conservatively for a job the client retries after running out of memory.
+fn fitted_to_this_executor(context: &TaskContext, options: &EngineOptions) -> Arc<TaskContext> {
+    let mut config = context.session_config().clone();
+    let conservative = !config.options().optimizer.enable_topk_aggregation;
+    engine::fit_sorts_to_pool(config.options_mut(), options, conservative);
+    Arc::new(TaskContext::new(
+        context.task_id(),
+        context.session_id(),
+        config,
+        context.scalar_functions().clone(),
+        context.higher_order_functions().clone(),
+        context.aggregate_functions().clone(),
+        context.window_functions().clone(),
+        context.runtime_env(),
+    ))
+}
+
+/// Operators of `plan` that keep metrics, in the scheduler's count.
+fn operators_with_metrics(plan: &Arc<dyn ExecutionPlan>) -> usize {
+    usize::from(plan.metrics().is_some())
+        + plan
+            .children()
+            .into_iter()
+            .map(operators_with_metrics)
+            .sum::<usize>()
+}
+
+/// `sets` (one per operator of the rewritten stage plan, in plan order) as exactly `count`
+/// sets: Spillway's rules may add or merge operators, and the scheduler wants one set per
+/// operator of its own plan. Extra sets are folded into the last one, missing ones are empty,
+/// so every metric still counts in the job's totals (its operator attribution is approximate
+/// for a rewritten stage).
+fn as_many_sets(mut sets: Vec<MetricsSet>, count: usize) -> Vec<MetricsSet> {
+    if count == 0 {
+        return Vec::new();
+    }
+    while sets.len() > count {
+        if let Some(extra) = sets.pop() {
+            if let Some(last) = sets.last_mut() {
+                for metric in extra.iter() {
+                    last.push(Arc::clone(metric));
+                }
+            }
+        }
+    }
+    sets.resize_with(count, MetricsSet::new);
+    sets
+}
+
+/// The name of the metric a task reports its executor's pool peak under, followed by the
+/// executor's id (the client takes the largest per executor and adds the executors up).
+pub(crate) const POOL_PEAK_METRIC: &str = "spillway_pool_peak";
+
+/// A stage task that also reports the most memory its executor's pool held while it ran (the
+/// pool is the process's, so concurrent tasks count in it too: an upper bound per task, exact
+/// per executor). DataFusion's own `peak_mem_used` gauges are per operator and not all report.
+#[derive(Debug)]
+struct PoolPeakStage {
+    inner: Arc<dyn QueryStageExecutor>,
+    pool: Arc<PeakPool>,
+    executor_id: String,
+    peak: AtomicUsize,
+    options: EngineOptions,
+    /// Operators with metrics in the stage plan as the scheduler made it: it pairs the
+    /// reported metric sets with its own plan's operators and refuses a different count.
+    scheduler_operators: usize,
+}
+
+impl std::fmt::Display for PoolPeakStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+#[async_trait::async_trait]
+impl QueryStageExecutor for PoolPeakStage {
+    async fn execute_query_stage(
+        &self,
+        input_partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::error::Result<Vec<ShuffleWritePartition>> {
+        let context = fitted_to_this_executor(&context, &self.options);
+        if !context.session_config().options().optimizer.enable_topk_aggregation {
+            // A conservative retry follows a job that ran out of memory; the failed task's other
+            // partitions stop asynchronously and hold their memory until they have. Give them
+            // a moment, as the local retry does (bounded: other jobs may hold memory too).
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+            while self.pool.reserved() > 0 && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+        let mark = self.pool.watch();
+        let written = self.inner.execute_query_stage(input_partition, context).await;
+        self.peak.fetch_max(mark.load(Ordering::Relaxed), Ordering::Relaxed);
+        written
+    }
+
+    fn collect_plan_metrics(&self) -> Vec<MetricsSet> {
+        let mut sets = as_many_sets(self.inner.collect_plan_metrics(), self.scheduler_operators);
+        if let Some(root) = sets.first_mut() {
+            let gauge = Gauge::new();
+            gauge.set(self.peak.load(Ordering::Relaxed));
+            root.push(Arc::new(Metric::new(
+                MetricValue::Gauge {
+                    name: format!("{POOL_PEAK_METRIC} {}", self.executor_id).into(),
+                    gauge,
+                },
+                None,
+            )));
+        }
+        sets
+    }
+
+    fn collect_runtime_stats_reports(&self) -> Vec<RuntimeStatsReport> {
+        self.inner.collect_runtime_stats_reports()
+    }
+
+    fn collect_window_state_reports(
+        &self,
+    ) -> datafusion::error::Result<Vec<WindowStateReport>> {
+        self.inner.collect_window_state_reports()
+    }
+
+    fn collect_column_stats(&self) -> Vec<TaskColumnStats> {
+        self.inner.collect_column_stats()
     }
 }
 
@@ -147,7 +305,7 @@ pub(crate) fn with_spillway_rules(
     };
     let mut input = Arc::clone(input);
     let mut changed_by = Vec::new();
-    for rule in engine::physical_rules() {
+    for rule in engine::physical_rules_for(config.options()) {
         let rewritten = rule.optimize(Arc::clone(&input), config.options())?;
         // A rule that matches nothing hands back the same plan.
         if !Arc::ptr_eq(&rewritten, &input) {

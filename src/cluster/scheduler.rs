@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 use ballista_core::utils::default_session_builder;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
-use ballista_scheduler::scheduler_process::{create_scheduler, start_grpc_service_with_listener};
+use ballista_core::serde::protobuf::scheduler_grpc_server::SchedulerGrpcServer;
+use ballista_scheduler::scheduler_process::create_scheduler;
 use ballista_scheduler::scheduler_server::{SchedulerServer, SessionBuilder};
 use datafusion::error::DataFusionError;
 use datafusion::execution::session_state::SessionStateBuilder;
@@ -49,9 +50,87 @@ pub(crate) async fn run(options: EngineOptions, listen: SocketAddr) -> Result<()
     tracing::info!("scheduler listening on df://{bound}");
     eprintln!("spillway: scheduler listening on df://{bound}");
     tokio::select! {
-        served = start_grpc_service_with_listener(listener, scheduler) => served
+        served = serve(listener, scheduler) => served
             .map_err(|e| Error::Internal(format!("scheduler on {bound}: {e}"))),
         () = crate::process::signal::shutdown() => Ok(()),
+    }
+}
+
+type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
+
+/// Serve Ballista's scheduler service and, on the same port, `/healthz` and Spillway's
+/// `/spillway/status` (executors, slots, jobs: Ballista lists them only through its REST API,
+/// which is left out of this build because it also shows job settings).
+async fn serve(listener: TcpListener, scheduler: Scheduler) -> std::io::Result<()> {
+    let config = scheduler.state.config.clone();
+    let grpc = SchedulerGrpcServer::new(scheduler.clone())
+        .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
+        .max_decoding_message_size(config.grpc_server_max_decoding_message_size as usize);
+    let mut routes = tonic::service::RoutesBuilder::default();
+    routes.add_service(grpc);
+    let router = routes
+        .routes()
+        .into_axum_router()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            super::status::PATH,
+            axum::routing::get(move || {
+                let scheduler = scheduler.clone();
+                async move { axum::Json(status(&scheduler).await) }
+            }),
+        );
+    // Executors that announce no host are registered under their peer address.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+async fn status(scheduler: &Scheduler) -> super::status::ClusterStatus {
+    use super::status::{ClusterStatus, ExecutorStatus, JobStatus};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let executors = match scheduler.state.executor_manager.get_executors_state().await {
+        Ok(executors) => executors
+            .into_iter()
+            .map(|(meta, heartbeat, _)| ExecutorStatus {
+                id: meta.id,
+                host: meta.host,
+                flight_port: meta.port,
+                grpc_port: meta.grpc_port,
+                slots: meta.specification.vcores,
+                seconds_since_heartbeat: heartbeat.map(|at| now.saturating_sub(at).as_secs()),
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!("status: executors: {error}");
+            Vec::new()
+        }
+    };
+    let jobs = match scheduler.state.task_manager.get_running_jobs().await {
+        Ok(jobs) => jobs
+            .into_iter()
+            .map(|job| JobStatus {
+                id: job.job_id.to_string(),
+                name: job.job_name,
+                state: super::status::job_state(&job.status),
+                stages: job.num_stages,
+                completed_stages: job.completed_stages,
+            })
+            .collect(),
+        Err(error) => {
+            tracing::warn!("status: jobs: {error}");
+            Vec::new()
+        }
+    };
+    ClusterStatus {
+        scheduler: scheduler.scheduler_endpoint.clone(),
+        queued_jobs: scheduler.pending_job_number(),
+        running_jobs: scheduler.running_job_number(),
+        executors,
+        jobs,
     }
 }
 

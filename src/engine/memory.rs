@@ -57,6 +57,10 @@ pub(crate) fn spill_merge_fan_in(pool: u64, workers: usize) -> usize {
 pub(crate) struct PeakPool {
     inner: TrackConsumersPool<FairSpillPool>,
     peak: AtomicUsize,
+    /// High-water marks of the pool kept for a while by others (a cluster executor's running
+    /// tasks, which share this process's pool); `watched` saves the lock when there are none.
+    watches: std::sync::Mutex<Vec<std::sync::Weak<AtomicUsize>>>,
+    watched: std::sync::atomic::AtomicBool,
 }
 
 impl PeakPool {
@@ -65,7 +69,20 @@ impl PeakPool {
         Self {
             inner: TrackConsumersPool::new(FairSpillPool::new(limit), top),
             peak: AtomicUsize::new(0),
+            watches: std::sync::Mutex::new(Vec::new()),
+            watched: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// A high-water mark of the pool from now on, for as long as the returned value is held.
+    pub(crate) fn watch(&self) -> Arc<AtomicUsize> {
+        let mark = Arc::new(AtomicUsize::new(self.inner.reserved()));
+        if let Ok(mut watches) = self.watches.lock() {
+            watches.retain(|watch| watch.strong_count() > 0);
+            watches.push(Arc::downgrade(&mark));
+            self.watched.store(true, Ordering::Relaxed);
+        }
+        mark
     }
 
     /// The most memory reserved at once so far, in bytes.
@@ -79,8 +96,20 @@ impl PeakPool {
     }
 
     fn note(&self) {
-        self.peak
-            .fetch_max(self.inner.reserved(), Ordering::Relaxed);
+        let reserved = self.inner.reserved();
+        self.peak.fetch_max(reserved, Ordering::Relaxed);
+        if self.watched.load(Ordering::Relaxed) {
+            if let Ok(mut watches) = self.watches.lock() {
+                watches.retain(|watch| match watch.upgrade() {
+                    Some(mark) => {
+                        mark.fetch_max(reserved, Ordering::Relaxed);
+                        true
+                    }
+                    None => false,
+                });
+                self.watched.store(!watches.is_empty(), Ordering::Relaxed);
+            }
+        }
     }
 }
 
