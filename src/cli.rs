@@ -135,6 +135,10 @@ pub(crate) struct ClusterSchedulerArgs {
     /// Address to listen on and announce (port 0: any free port, printed on stderr)
     #[arg(long, default_value = "127.0.0.1:50050", value_name = "HOST:PORT")]
     pub(crate) listen: std::net::SocketAddr,
+    /// An executor silent this long is lost: its running tasks, and the stage outputs only it
+    /// held, run again on the others (executors report every 2 s)
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(4..))]
+    pub(crate) executor_timeout: u64,
 }
 
 #[derive(Debug, Args)]

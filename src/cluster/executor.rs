@@ -46,6 +46,9 @@ pub(crate) struct ExecutorPlace {
     pub(crate) work_dir: PathBuf,
 }
 
+/// How often an executor tells the scheduler it is alive.
+const HEARTBEAT_SECONDS: u64 = 2;
+
 /// How long an unread job's files stay on an executor before its sweeper removes them.
 const UNREAD_JOB_DATA_TTL_SECONDS: u64 = 24 * 3600;
 
@@ -82,6 +85,9 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
         work_dir: Some(place.work_dir.to_string_lossy().into_owned()),
         job_data_ttl_seconds: UNREAD_JOB_DATA_TTL_SECONDS,
         job_data_clean_up_interval_seconds: 3600,
+        // Frequent heartbeats let the scheduler notice a lost executor in seconds
+        // (`cluster scheduler --executor-timeout`).
+        executor_heartbeat_interval_seconds: HEARTBEAT_SECONDS,
         // Some(0): keep the runtime's own pool; any other value makes Ballista carve a pool per
         // task from 70 % of the host's memory, ignoring --memory-limit.
         memory_pool_size: Some(0),

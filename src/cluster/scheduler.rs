@@ -21,7 +21,11 @@ use tokio::net::TcpListener;
 
 /// Run a scheduler on `listen` until the process is told to stop. The address it announces to
 /// executors and clients is `listen`'s (give a reachable one, not 0.0.0.0, on a network).
-pub(crate) async fn run(options: EngineOptions, listen: SocketAddr) -> Result<()> {
+pub(crate) async fn run(
+    options: EngineOptions,
+    listen: SocketAddr,
+    executor_timeout_seconds: u64,
+) -> Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| Error::Usage(format!("--listen {listen}: cannot listen there: {e}")))?;
@@ -37,6 +41,12 @@ pub(crate) async fn run(options: EngineOptions, listen: SocketAddr) -> Result<()
         // sweep what a client never fetched (see `executor`).
         .with_finished_job_data_clean_up_interval_seconds(0);
     config.bind_host = bound.ip().to_string();
+    // Ballista's defaults notice a killed executor after 3 minutes (and then fail the jobs of
+    // an empty cluster after 3 more); executors here report every 2 s, so a lost one is found
+    // within the timeout plus one sweep.
+    config.executor_timeout_seconds = executor_timeout_seconds;
+    config.expire_dead_executor_interval_seconds = (executor_timeout_seconds / 3).clamp(1, 15);
+    config.no_executors_grace_period_seconds = executor_timeout_seconds;
     config
         .validate()
         .map_err(|e| Error::Usage(format!("scheduler: {e}")))?;

@@ -126,7 +126,19 @@ impl Cluster {
 
 impl Cluster {
     fn start(ws: &Workspace, executors: usize, memory_limit: &str) -> Cluster {
-        let scheduler = Node::start(ws, &["cluster", "scheduler", "--listen", "127.0.0.1:0"]);
+        Cluster::start_with(ws, executors, memory_limit, &[])
+    }
+
+    /// As `start`, the scheduler given `scheduler_args` too.
+    fn start_with(
+        ws: &Workspace,
+        executors: usize,
+        memory_limit: &str,
+        scheduler_args: &[&str],
+    ) -> Cluster {
+        let mut args = vec!["cluster", "scheduler", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(scheduler_args);
+        let scheduler = Node::start(ws, &args);
         let line = scheduler.wait_for("listening on df://", Duration::from_secs(30));
         let address = line
             .split("listening on ")
@@ -346,5 +358,170 @@ fn executors_read_s3_with_their_own_settings_and_print_no_secret() {
     assert!(!remote.stderr.contains(SECRET));
     for node in &cluster.nodes {
         assert!(!node.output().contains(SECRET), "{}", node.output());
+    }
+}
+
+/// The number in the `on executors:` line of `--stats` after `label` (e.g. "spilled ").
+fn executor_stat(stderr: &str, label: &str) -> u64 {
+    let line = stderr
+        .lines()
+        .find(|line| line.starts_with("on executors:"))
+        .unwrap_or_else(|| panic!("no `on executors:` line in:\n{stderr}"));
+    line.split(label)
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("no `{label}N` in `{line}`"))
+}
+
+#[test]
+fn a_stage_out_of_memory_is_retried_conservatively_and_spills_on_the_executors() {
+    let ws = Workspace::new();
+    ws.gen_claims(300_000, 2, "csv", "claims");
+    // 16 MiB per executor: the top 150,000 rows do not fit in a top-k heap, and a sort spills.
+    let cluster = Cluster::start(&ws, 2, "16MiB");
+    let sql = "SELECT claim_id, member_id, diagnosis_code, plan_id, member_state, total_cost \
+               FROM claims ORDER BY total_cost DESC, claim_id LIMIT 150000";
+    let local = ws.run(&["query", "-t", "claims=claims/*.csv", "-o", "local.csv", sql]);
+    local.success();
+    let remote = ws.run(&[
+        "query",
+        "--cluster",
+        &cluster.scheduler,
+        "-t",
+        "claims=claims/*.csv",
+        "--stats",
+        "-o",
+        "remote.csv",
+        sql,
+    ]);
+    remote.success();
+    assert_eq!(
+        remote
+            .stderr
+            .matches("running the query again with a plan that spills more")
+            .count(),
+        1,
+        "{}",
+        remote.stderr
+    );
+    assert!(remote.stderr.contains("on the cluster (job "), "{}", remote.stderr);
+    assert!(executor_stat(&remote.stderr, "spilled ") > 0, "{}", remote.stderr);
+    // The pool peak is the executors' (each pool is 60 % of 16 MiB), not this process's.
+    let peak_line = remote.stderr.lines().find(|l| l.starts_with("on executors:")).unwrap();
+    assert!(peak_line.contains("peak memory") && !peak_line.contains("peak memory 0 B"), "{peak_line}");
+    assert_eq!(
+        std::fs::read_to_string(ws.path("remote.csv")).unwrap(),
+        std::fs::read_to_string(ws.path("local.csv")).unwrap()
+    );
+}
+
+#[test]
+fn cluster_status_lists_the_executors_and_their_slots_and_checks_a_minimum() {
+    let ws = Workspace::new();
+    let cluster = Cluster::start(&ws, 2, "512MiB");
+    let out = ws.run(&["cluster", "status", "--cluster", &cluster.scheduler, "--json"]);
+    let status: serde_json::Value = serde_json::from_str(out.success()).expect("JSON");
+    let executors = status["executors"].as_array().expect("executors");
+    assert_eq!(executors.len(), 2, "{status}");
+    for executor in executors {
+        // --workers 2: two task slots each.
+        assert_eq!(executor["slots"], 2, "{status}");
+        assert_eq!(executor["host"], "127.0.0.1", "{status}");
+    }
+    assert_eq!(status["running_jobs"], 0);
+    let text = ws.run(&["cluster", "status", "--cluster", &cluster.scheduler]);
+    assert!(
+        text.success().contains(": 2 executors, 4 slots; 0 running jobs, 0 queued"),
+        "{}",
+        text.stdout
+    );
+    let short = ws.run(&[
+        "cluster",
+        "status",
+        "--cluster",
+        &cluster.scheduler,
+        "--min-executors",
+        "3",
+    ]);
+    assert!(short.failure(8).contains("fewer than --min-executors 3"));
+}
+
+#[test]
+fn a_report_and_a_serve_query_run_through_the_cluster_as_they_run_here() {
+    use crate::serve::Server;
+    let ws = Workspace::new();
+    h2o_csv(&ws);
+    ws.write(
+        "queries/per_id1.sql",
+        "/* report\nname = \"per_id1\"\noutput = \"out/{name}.csv\"\nformat = \"csv\"\n*/\n\
+         SELECT id1, sum(v1) AS v1, count(*) AS n FROM x GROUP BY id1 ORDER BY id1;\n",
+    );
+    let cluster = Cluster::start(&ws, 2, "512MiB");
+    let local = ws.run(&["report", "run", "per_id1", "-t", "x=h2o/*.csv"]);
+    local.success();
+    let expected = std::fs::read_to_string(ws.path("out/per_id1.csv")).unwrap();
+    std::fs::remove_file(ws.path("out/per_id1.csv")).unwrap();
+    let remote = ws.run(&[
+        "report",
+        "run",
+        "per_id1",
+        "-t",
+        "x=h2o/*.csv",
+        "--cluster",
+        &cluster.scheduler,
+    ]);
+    remote.success();
+    assert_eq!(std::fs::read_to_string(ws.path("out/per_id1.csv")).unwrap(), expected);
+
+    let server = Server::start(&ws, &["-t", "x=h2o/*.csv", "--cluster", &cluster.scheduler], &[]);
+    let conninfo = server.conninfo("analyst", "");
+    let answer = server.psql(
+        &conninfo,
+        None,
+        &["-F", ",", "-c", "SELECT id1, sum(v1) AS v1, count(*) AS n FROM x GROUP BY id1 ORDER BY id1"],
+    );
+    let expected_rows: Vec<&str> = expected.lines().skip(1).collect();
+    let got_rows: Vec<&str> = answer.success().lines().collect();
+    assert_eq!(got_rows, expected_rows);
+    // The statement ran as a job; the catalog queries psql's \d sends ran here.
+    let explained = server.psql(&conninfo, None, &["-c", "EXPLAIN SELECT count(*) FROM x"]);
+    assert!(explained.success().contains("distributed_plan"), "{}", explained.stdout);
+    let listed = server.psql(&conninfo, None, &["-c", "\\d"]);
+    assert!(listed.success().contains("public|x|table"), "{}", listed.stdout);
+    // Rows read to the end: no job leaves files on the executors.
+    cluster.wait_for_empty_work_dirs(&ws);
+}
+
+#[test]
+fn killing_an_executor_mid_stage_gives_the_local_answer_or_exit_8_within_the_timeout() {
+    let ws = Workspace::new();
+    ws.run(&[
+        "gen", "h2o", "--rows", "2000000", "--groups", "100", "--files", "8", "--out", "h2o",
+    ])
+    .success();
+    let sql = "SELECT id3, sum(v1) AS s, count(*) AS c FROM x GROUP BY id3 ORDER BY s DESC, id3 LIMIT 5";
+    let local = ws.run(&["query", "-t", "x=h2o/*.csv", "--format", "csv", sql]);
+    let mut cluster = Cluster::start_with(&ws, 2, "512MiB", &["--executor-timeout", "6"]);
+    let query = ws
+        .command()
+        .args(cluster.query_args("x=h2o/*.csv", sql))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the query");
+    // Kill the second executor (SIGKILL: no goodbye to the scheduler) once it runs a task.
+    cluster.nodes[2].wait_for("Execute task", Duration::from_secs(60));
+    let _ = cluster.nodes[2].child.kill();
+    let killed_at = Instant::now();
+    let out = query.wait_with_output().expect("wait for the query");
+    // Documented bound: --executor-timeout, plus one sweep (timeout / 3), plus the re-run.
+    assert!(killed_at.elapsed() < Duration::from_secs(45), "{:?}", killed_at.elapsed());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    match out.status.code() {
+        Some(0) => assert_eq!(csv_rows(&stdout), csv_rows(local.success()), "{stderr}"),
+        Some(8) => assert!(stderr.contains("cluster"), "{stderr}"),
+        other => panic!("exit {other:?}: {stderr}"),
     }
 }
