@@ -75,6 +75,11 @@ pub(crate) struct EngineArgs {
         value_name = "df://HOST:PORT"
     )]
     pub(crate) cluster: Option<String>,
+    /// Which statements run on the cluster: cluster (all that read files), local (none), auto
+    /// (those reading at least [cluster] auto_threshold, default 1GiB) [default: [cluster]
+    /// mode, else cluster]
+    #[arg(long, global = true, env = "SPILLWAY_CLUSTER_MODE", value_name = "MODE")]
+    pub(crate) cluster_mode: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -27,10 +27,14 @@ use datafusion::execution::context::QueryPlanner;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
+use futures::StreamExt;
 use datafusion::execution::session_state::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::protobuf::LogicalPlanNode;
 use std::sync::Arc;
+
+/// `[cluster] mode = "auto"`: statements reading at least this much run on the cluster.
+pub(crate) const DEFAULT_AUTO_THRESHOLD: u64 = 1 << 30;
 
 /// Ballista's default scheduler port.
 pub(crate) const DEFAULT_SCHEDULER_PORT: u16 = 50050;
@@ -104,7 +108,11 @@ const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// The client side: `state` (Spillway's session, its tables registered later) upgraded so its
 /// statements are planned into jobs for the scheduler at `address`. Ballista resets the
 /// function lists here; the engine registers Spillway's functions again afterwards.
-pub(crate) fn client_state(state: SessionState, address: &str) -> Result<SessionState> {
+pub(crate) fn client_state(
+    state: SessionState,
+    address: &str,
+    threshold: Option<u64>,
+) -> Result<SessionState> {
     let url = scheduler_url(address)?;
     let state = state
         .upgrade_for_ballista(url.clone())
@@ -120,6 +128,7 @@ pub(crate) fn client_state(state: SessionState, address: &str) -> Result<Session
             remote,
             local: DefaultPhysicalPlanner::default(),
             scheduler: format!("http://{host}:{port}"),
+            threshold,
         }))
         .build())
 }
@@ -134,6 +143,8 @@ struct ClusterPlanner {
     local: DefaultPhysicalPlanner,
     /// `http://host:port`, for the calls that follow a job.
     scheduler: String,
+    /// `auto` mode: the input size from which a statement goes to the cluster.
+    threshold: Option<u64>,
 }
 
 impl std::fmt::Debug for ClusterPlanner {
@@ -151,13 +162,47 @@ impl QueryPlanner for ClusterPlanner {
         plan: &LogicalPlan,
         state: &dyn Session,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        if reads_only_files(plan) {
+        let remote = reads_only_files(plan)
+            && match self.threshold {
+                None => true,
+                Some(threshold) => input_bytes(plan, state).await? >= threshold,
+            };
+        if remote {
             let job = self.remote.create_physical_plan(plan, state).await?;
             Ok(job::JobExec::wrap(job, self.scheduler.clone()))
         } else {
             self.local.create_physical_plan(plan, state).await
         }
     }
+}
+
+/// The total size of the files the file tables of `plan` cover (listed now: the same listing
+/// the scan makes, so what `auto` weighs is what the statement would read at most).
+async fn input_bytes(plan: &LogicalPlan, state: &dyn Session) -> datafusion::error::Result<u64> {
+    let mut tables = Vec::new();
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if let Ok(provider) = source_as_provider(&scan.source) {
+                tables.push(provider);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    let mut bytes = 0u64;
+    for provider in &tables {
+        let Some(table) = provider.downcast_ref::<ListingTable>() else {
+            continue;
+        };
+        let extension = &table.options().file_extension;
+        for path in table.table_paths() {
+            let store = state.runtime_env().object_store(path)?;
+            let mut files = path.list_all_files(state, store.as_ref(), extension).await?;
+            while let Some(file) = files.next().await {
+                bytes += file?.size;
+            }
+        }
+    }
+    Ok(bytes)
 }
 
 /// Whether `plan` reads at least one table and every table it reads is a file table.

@@ -41,6 +41,11 @@ pub(crate) struct ConfigFile {
 pub(crate) struct ClusterSection {
     /// The scheduler, `df://HOST:PORT`; statements run there instead of in this process.
     pub(crate) scheduler: Option<String>,
+    /// `cluster` (every statement over files; the default with a scheduler), `local` (none),
+    /// or `auto` (statements whose input files add up to `auto_threshold` or more).
+    pub(crate) mode: Option<String>,
+    /// Input size from which `auto` runs a statement on the cluster (default 1GiB).
+    pub(crate) auto_threshold: Option<String>,
 }
 
 /// `[server]`: the Postgres wire server (`spillway serve`).

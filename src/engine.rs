@@ -63,6 +63,9 @@ pub(crate) struct EngineOptions {
     pub(crate) s3: S3Settings,
     /// A Ballista scheduler (`df://host:port`) to run statements on, instead of this process.
     pub(crate) cluster: Option<String>,
+    /// With a cluster: run there only statements whose input files add up to this many bytes
+    /// (`[cluster] mode = "auto"`); `None` runs every statement over files there.
+    pub(crate) cluster_threshold: Option<u64>,
 }
 
 impl Default for EngineOptions {
@@ -79,6 +82,7 @@ impl Default for EngineOptions {
             spill_compression: SpillCompression::Lz4Frame,
             s3: S3Settings::default(),
             cluster: None,
+            cluster_threshold: None,
         }
     }
 }
@@ -123,7 +127,7 @@ impl Engine {
         }
         let mut state = state.build();
         if let Some(scheduler) = &options.cluster {
-            state = crate::cluster::client_state(state, scheduler)?;
+            state = crate::cluster::client_state(state, scheduler, options.cluster_threshold)?;
         }
         // After the Ballista upgrade, which resets the function lists to its defaults.
         register_functions(&mut state)?;

@@ -59,6 +59,30 @@ pub(crate) fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<E
     if let Some(address) = &options.cluster {
         crate::cluster::scheduler_url(address)?;
     }
+    let mode = pick(
+        &args.cluster_mode,
+        &config.cluster.mode,
+        "--cluster-mode",
+        "cluster.mode",
+    );
+    match mode.map(|(text, origin)| (text.trim().to_ascii_lowercase(), origin)) {
+        None => {}
+        Some((mode, _)) if mode == "cluster" => {}
+        Some((mode, _)) if mode == "local" => options.cluster = None,
+        Some((mode, _)) if mode == "auto" => {
+            let threshold = match &config.cluster.auto_threshold {
+                Some(text) => parse_size(text)
+                    .map_err(|e| Error::Config(format!("cluster.auto_threshold: {e}")))?,
+                None => crate::cluster::DEFAULT_AUTO_THRESHOLD,
+            };
+            options.cluster_threshold = Some(threshold);
+        }
+        Some((mode, origin)) => {
+            return Err(origin.error(format!(
+                "unknown mode `{mode}` (expected cluster, local or auto)"
+            )))
+        }
+    }
     if let Some((workers, origin)) =
         pick(&args.workers, &file.workers, "--workers", "engine.workers")
     {
@@ -398,6 +422,7 @@ mod tests {
             spill_compression: None,
             quiet: false,
             cluster: None,
+            cluster_mode: None,
         };
         let error = engine_options(&args, &config).unwrap_err();
         assert!(error.to_string().contains("engine.memory_limit"), "{error}");

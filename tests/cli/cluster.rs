@@ -525,3 +525,25 @@ fn killing_an_executor_mid_stage_gives_the_local_answer_or_exit_8_within_the_tim
         other => panic!("exit {other:?}: {stderr}"),
     }
 }
+
+#[test]
+fn cluster_mode_auto_sends_only_statements_over_enough_input_and_local_sends_none() {
+    let ws = Workspace::new();
+    h2o_csv(&ws);
+    let cluster = Cluster::start(&ws, 1, "512MiB");
+    let runs_in = |config: &str| {
+        ws.write("spillway.toml", config);
+        let out = ws.run(&["explain", "-t", "x=h2o/*.csv", QUESTIONS[0]]);
+        out.success().lines().nth(1).unwrap_or("").to_string()
+    };
+    let scheduler = format!("[cluster]\nscheduler = \"{}\"\n", cluster.scheduler);
+    // The four CSV files hold a few MiB.
+    let small = runs_in(&format!("{scheduler}mode = \"auto\"\nauto_threshold = \"1GiB\"\n"));
+    assert_eq!(small, "this process");
+    let large = runs_in(&format!("{scheduler}mode = \"auto\"\nauto_threshold = \"1KiB\"\n"));
+    assert!(large.starts_with(&format!("cluster {}", cluster.scheduler)), "{large}");
+    assert_eq!(runs_in(&format!("{scheduler}mode = \"local\"\n")), "this process");
+    ws.write("spillway.toml", format!("{scheduler}mode = \"sometimes\"\n"));
+    let bad = ws.run(&["query", "SELECT 1"]);
+    assert!(bad.failure(3).contains("cluster.mode: unknown mode `sometimes`"));
+}
