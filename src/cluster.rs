@@ -13,6 +13,7 @@ pub(crate) mod executor;
 pub(crate) mod job;
 pub(crate) mod scheduler;
 pub(crate) mod status;
+pub(crate) mod tls;
 
 pub(crate) use job::{finish_cancels, job_totals, runs_on_cluster, JobTotals};
 
@@ -112,12 +113,29 @@ pub(crate) fn client_state(
     state: SessionState,
     address: &str,
     threshold: Option<u64>,
+    tls: Option<Arc<tls::ClusterTls>>,
 ) -> Result<SessionState> {
     let url = scheduler_url(address)?;
-    let state = state
+    let mut state = state
         .upgrade_for_ballista(url.clone())
         .map_err(|e| Error::Usage(format!("--cluster `{address}`: {e}")))?;
     let (host, port) = scheduler_host_port(address)?;
+    // With TLS, every connection the client opens (to the scheduler, and to executors for
+    // results) is https, verified against the cluster's CA.
+    let url = match &tls {
+        Some(tls) => {
+            let config = state
+                .config()
+                .clone()
+                .with_ballista_use_tls(true)
+                .with_ballista_override_create_grpc_client_endpoint(tls.endpoint_override());
+            state = SessionStateBuilder::new_from_existing(state)
+                .with_config(config)
+                .build();
+            format!("https://{host}:{port}")
+        }
+        None => url,
+    };
     let remote = BallistaQueryPlanner::<LogicalPlanNode>::with_extension(
         url,
         state.config().ballista_config(),
@@ -127,7 +145,7 @@ pub(crate) fn client_state(
         .with_query_planner(Arc::new(ClusterPlanner {
             remote,
             local: DefaultPhysicalPlanner::default(),
-            scheduler: format!("http://{host}:{port}"),
+            scheduler: job::SchedulerAddress { host, port, tls },
             threshold,
         }))
         .build())
@@ -141,8 +159,8 @@ pub(crate) fn client_state(
 struct ClusterPlanner {
     remote: BallistaQueryPlanner<LogicalPlanNode>,
     local: DefaultPhysicalPlanner,
-    /// `http://host:port`, for the calls that follow a job.
-    scheduler: String,
+    /// For the calls that follow a job.
+    scheduler: job::SchedulerAddress,
     /// `auto` mode: the input size from which a statement goes to the cluster.
     threshold: Option<u64>,
 }

@@ -46,6 +46,11 @@ pub(crate) struct ClusterSection {
     pub(crate) mode: Option<String>,
     /// Input size from which `auto` runs a statement on the cluster (default 1GiB).
     pub(crate) auto_threshold: Option<String>,
+    /// TLS for cluster traffic: this node's certificate and key (PEM; schedulers and
+    /// executors), and the CA every node and client verifies the others with.
+    pub(crate) tls_cert: Option<PathBuf>,
+    pub(crate) tls_key: Option<PathBuf>,
+    pub(crate) ca: Option<PathBuf>,
 }
 
 /// `[server]`: the Postgres wire server (`spillway serve`).
@@ -262,6 +267,9 @@ impl ConfigFile {
             &mut self.reports.history,
             &mut self.server.tls_cert,
             &mut self.server.tls_key,
+            &mut self.cluster.tls_cert,
+            &mut self.cluster.tls_key,
+            &mut self.cluster.ca,
         ];
         for path in paths.into_iter().flatten() {
             *path = crate::storage::normalize_path(path);

@@ -66,6 +66,8 @@ pub(crate) struct EngineOptions {
     /// With a cluster: run there only statements whose input files add up to this many bytes
     /// (`[cluster] mode = "auto"`); `None` runs every statement over files there.
     pub(crate) cluster_threshold: Option<u64>,
+    /// TLS for cluster traffic (`[cluster] tls_cert`, `tls_key`, `ca`).
+    pub(crate) cluster_tls: Option<Arc<crate::cluster::tls::ClusterTls>>,
 }
 
 impl Default for EngineOptions {
@@ -83,6 +85,7 @@ impl Default for EngineOptions {
             s3: S3Settings::default(),
             cluster: None,
             cluster_threshold: None,
+            cluster_tls: None,
         }
     }
 }
@@ -127,7 +130,12 @@ impl Engine {
         }
         let mut state = state.build();
         if let Some(scheduler) = &options.cluster {
-            state = crate::cluster::client_state(state, scheduler, options.cluster_threshold)?;
+            state = crate::cluster::client_state(
+                state,
+                scheduler,
+                options.cluster_threshold,
+                options.cluster_tls.clone(),
+            )?;
         }
         // After the Ballista upgrade, which resets the function lists to its defaults.
         register_functions(&mut state)?;

@@ -159,6 +159,16 @@ fn classify(error: &DataFusionError) -> Error {
         DataFusionError::Execution(text) if cluster_job_failure(text).is_some() => {
             cluster_job_failure(text).unwrap_or(Error::Internal(message))
         }
+        // The gRPC connection to the scheduler broke: it went down, or a plain client met a
+        // TLS scheduler (or the reverse), which breaks in HTTP/2.
+        DataFusionError::Execution(text)
+            if text.starts_with("Status {") && text.contains("tonic::transport::Error") =>
+        {
+            Error::Storage(format!(
+                "cluster: the connection to the scheduler failed ({}): is it down, or does one side use TLS ([cluster] tls_cert, tls_key, ca) and the other not?",
+                first_sentence_of(text)
+            ))
+        }
         DataFusionError::Execution(text) if text.contains("No space left") => {
             Error::ResourcesExhausted(format!("{message}; {RESOURCES_ADVICE}"))
         }
@@ -231,6 +241,13 @@ fn cluster_job_failure(text: &str) -> Option<Error> {
     Some(Error::Storage(format!(
         "cluster: job {job} failed: {detail}"
     )))
+}
+
+/// The part of a gRPC status a person can read: its `message: "..."`, else the text.
+fn first_sentence_of(text: &str) -> &str {
+    text.split_once("message: \"")
+        .and_then(|(_, rest)| rest.split('"').next())
+        .unwrap_or(text)
 }
 
 fn looks_like_bad_data(text: &str) -> bool {

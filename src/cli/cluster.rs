@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 
 pub(crate) async fn run(command: ClusterCommand, mut options: EngineOptions) -> Result<()> {
     if let ClusterCommand::Status(args) = command {
-        return status(args, options.cluster.as_deref()).await;
+        return status(args, options.cluster.as_deref(), options.cluster_tls.as_deref()).await;
     }
     // A node runs stages itself: --cluster / [cluster] is for clients.
     options.cluster = None;
@@ -19,14 +19,18 @@ pub(crate) async fn run(command: ClusterCommand, mut options: EngineOptions) -> 
     }
 }
 
-async fn status(args: ClusterStatusArgs, scheduler: Option<&str>) -> Result<()> {
+async fn status(
+    args: ClusterStatusArgs,
+    scheduler: Option<&str>,
+    tls: Option<&cluster::tls::ClusterTls>,
+) -> Result<()> {
     let scheduler = scheduler.ok_or_else(|| {
         Error::Usage(
             "cluster status: which scheduler? Give --cluster df://HOST:PORT (or [cluster] scheduler)"
                 .into(),
         )
     })?;
-    let status = cluster::status::fetch(scheduler).await?;
+    let status = cluster::status::fetch(scheduler, tls).await?;
     let text = if args.json {
         serde_json::to_string_pretty(&status)
             .map_err(|e| Error::Internal(format!("cluster status: {e}")))?

@@ -59,6 +59,11 @@ pub(crate) fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<E
     if let Some(address) = &options.cluster {
         crate::cluster::scheduler_url(address)?;
     }
+    options.cluster_tls = crate::cluster::tls::ClusterTls::load(&crate::cluster::tls::TlsFiles {
+        cert: config.cluster.tls_cert.clone(),
+        key: config.cluster.tls_key.clone(),
+        ca: config.cluster.ca.clone(),
+    })?;
     let mode = pick(
         &args.cluster_mode,
         &config.cluster.mode,

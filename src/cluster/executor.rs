@@ -6,6 +6,7 @@
 
 use crate::engine::{self, EngineOptions};
 use crate::error::{Error, Result};
+use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
 use ballista_core::utils::default_session_builder;
@@ -97,6 +98,23 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
         ..ExecutorProcessConfig::default()
     };
     config.executor_id = executor_id;
+    if let Some(tls) = &options.cluster_tls {
+        // Over TLS: Flight on a TLS server of our own, every connection this executor opens
+        // (to the scheduler, to other executors for shuffle reads) https and verified, and work
+        // taken by polling the scheduler (the push mode's task port has no TLS hook).
+        let server = tls.server("executor")?;
+        config.task_scheduling_policy = TaskSchedulingPolicy::PullStaged;
+        config.override_arrow_flight_service = Some(Arc::new(move |work_dir, address, shutdown, grpc| {
+            flight_over_tls(work_dir, address, shutdown, grpc, server.clone())
+        }));
+        let endpoint = tls.endpoint_override();
+        config.override_create_grpc_client_endpoint = Some(endpoint.clone());
+        config.override_config_producer = Some(Arc::new(move || {
+            SessionConfig::new_with_ballista()
+                .with_ballista_use_tls(true)
+                .with_ballista_override_create_grpc_client_endpoint(endpoint.clone())
+        }));
+    }
     eprintln!(
         "spillway: executor on {}:{} (Flight) and {}:{} (tasks), scheduler df://{scheduler_host}:{scheduler_port}",
         place.host, place.flight_port, place.host, place.grpc_port
@@ -107,6 +125,34 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
         ))
     })
 }
+
+/// The executor's Arrow Flight service (shuffle reads, result fetches) on a TLS server: as
+/// Ballista's own, which has no TLS.
+fn flight_over_tls(
+    work_dir: String,
+    address: std::net::SocketAddr,
+    mut shutdown: ballista_executor::shutdown::Shutdown,
+    grpc: ballista_core::utils::GrpcServerConfig,
+    tls: tonic::transport::ServerTlsConfig,
+) -> tokio::task::JoinHandle<std::result::Result<(), ballista_core::error::BallistaError>> {
+    tokio::spawn(async move {
+        let service = arrow_flight::flight_service_server::FlightServiceServer::new(
+            ballista_executor::flight_service::BallistaFlightService::new(work_dir),
+        )
+        .max_decoding_message_size(FLIGHT_MESSAGE_BYTES)
+        .max_encoding_message_size(FLIGHT_MESSAGE_BYTES);
+        ballista_core::utils::create_grpc_server(&grpc)
+            .tls_config(tls)
+            .map_err(ballista_core::error::BallistaError::TonicError)?
+            .add_service(service)
+            .serve_with_shutdown(address, shutdown.recv())
+            .await
+            .map_err(ballista_core::error::BallistaError::TonicError)
+    })
+}
+
+/// Ballista's default gRPC message size limits, for the Flight service.
+const FLIGHT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Ballista's default functions (those of its client and scheduler sessions) with Spillway's
 /// over them. Ballista's own default registry lacks the nested (`array_*`) functions.

@@ -25,17 +25,44 @@ use std::sync::Arc;
 /// How long the client waits for the scheduler on the side calls (metrics, cancels).
 const SIDE_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// A job for the scheduler at `scheduler` (`http://host:port`): Ballista's submitting node,
-/// whose stream is followed as the module says.
+/// Where the client reaches the scheduler for the calls that follow a job.
+#[derive(Debug, Clone)]
+pub(crate) struct SchedulerAddress {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: Option<Arc<super::tls::ClusterTls>>,
+}
+
+type SideCallError = Box<dyn std::error::Error + Send + Sync>;
+
+impl SchedulerAddress {
+    async fn client(&self) -> Result<SchedulerGrpcClient<tonic::transport::Channel>, SideCallError> {
+        let channel = match &self.tls {
+            Some(tls) => tls.channel(&self.host, self.port).await?,
+            None => {
+                tonic::transport::Endpoint::from_shared(format!("http://{}:{}", self.host, self.port))?
+                    .connect()
+                    .await?
+            }
+        };
+        Ok(SchedulerGrpcClient::new(channel))
+    }
+}
+
+/// A job for the scheduler at `scheduler`: Ballista's submitting node, whose stream is
+/// followed as the module says.
 #[derive(Debug)]
 pub(crate) struct JobExec {
     inner: Arc<dyn ExecutionPlan>,
-    scheduler: String,
+    scheduler: SchedulerAddress,
 }
 
 impl JobExec {
     /// Wrap `plan` if it is Ballista's job node; other plans (run here) are returned as they are.
-    pub(crate) fn wrap(plan: Arc<dyn ExecutionPlan>, scheduler: String) -> Arc<dyn ExecutionPlan> {
+    pub(crate) fn wrap(
+        plan: Arc<dyn ExecutionPlan>,
+        scheduler: SchedulerAddress,
+    ) -> Arc<dyn ExecutionPlan> {
         if plan
             .downcast_ref::<DistributedQueryExec<LogicalPlanNode>>()
             .is_some()
@@ -142,7 +169,7 @@ pub(crate) fn runs_on_cluster(plan: &Arc<dyn ExecutionPlan>) -> bool {
 /// Cancels its job when dropped before the job's results were read to the end.
 struct JobGuard {
     plan: Arc<dyn ExecutionPlan>,
-    scheduler: String,
+    scheduler: SchedulerAddress,
     read_to_end: bool,
 }
 
@@ -164,13 +191,13 @@ impl Drop for JobGuard {
         let scheduler = self.scheduler.clone();
         let cancelling = runtime.spawn(async move {
             let cancelled = async {
-                let mut client = SchedulerGrpcClient::connect(scheduler).await?;
+                let mut client = scheduler.client().await?;
                 client
                     .cancel_job(CancelJobParams {
                         job_id: job.clone(),
                     })
                     .await?;
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+                Ok::<_, SideCallError>(())
             };
             if let Err(error) = cancelled.await {
                 tracing::warn!("job {job}: could not be cancelled: {error}");
@@ -200,11 +227,8 @@ pub(crate) async fn finish_cancels() {
     let _ = tokio::time::timeout(SIDE_CALL_TIMEOUT, futures::future::join_all(pending)).await;
 }
 
-async fn remove_job_data(
-    scheduler: &str,
-    job: &str,
-) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut client = SchedulerGrpcClient::connect(scheduler.to_string()).await?;
+async fn remove_job_data(scheduler: &SchedulerAddress, job: &str) -> Result<(), SideCallError> {
+    let mut client = scheduler.client().await?;
     client
         .clean_job_data(CleanJobDataParams {
             job_id: job.to_string(),
@@ -231,12 +255,12 @@ pub(crate) async fn job_totals(plan: &Arc<dyn ExecutionPlan>) -> Option<JobTotal
     let exec = plan.downcast_ref::<JobExec>()?;
     let job = exec.job_id()?;
     let asked = async {
-        let mut client = SchedulerGrpcClient::connect(exec.scheduler.clone()).await?;
+        let mut client = exec.scheduler.client().await?;
         let metrics = client
             .get_job_metrics(GetJobMetricsParams { job_id: job.clone() })
             .await?
             .into_inner();
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(metrics)
+        Ok::<_, SideCallError>(metrics)
     };
     let metrics = match tokio::time::timeout(SIDE_CALL_TIMEOUT, asked).await {
         Ok(Ok(metrics)) => metrics,

@@ -5,6 +5,7 @@
 
 use crate::engine::{self, EngineOptions};
 use crate::error::{Error, Result};
+use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::utils::default_session_builder;
 use ballista_scheduler::cluster::BallistaCluster;
 use ballista_scheduler::config::SchedulerConfig;
@@ -41,6 +42,14 @@ pub(crate) async fn run(
         // sweep what a client never fetched (see `executor`).
         .with_finished_job_data_clean_up_interval_seconds(0);
     config.bind_host = bound.ip().to_string();
+    let tls = match &options.cluster_tls {
+        Some(tls) => {
+            // Executors over TLS poll for work: the push mode's task port has no TLS hook.
+            config.scheduling_policy = TaskSchedulingPolicy::PullStaged;
+            Some(tls.server("scheduler")?)
+        }
+        None => None,
+    };
     // Ballista's defaults notice a killed executor after 3 minutes (and then fail the jobs of
     // an empty cluster after 3 more); executors here report every 2 s, so a lost one is found
     // within the timeout plus one sweep.
@@ -57,10 +66,11 @@ pub(crate) async fn run(
         create_scheduler(cluster, Arc::new(config))
             .await
             .map_err(|e| Error::Internal(format!("scheduler: {e}")))?;
-    tracing::info!("scheduler listening on df://{bound}");
-    eprintln!("spillway: scheduler listening on df://{bound}");
+    let secured = if tls.is_some() { " (TLS)" } else { "" };
+    tracing::info!("scheduler listening on df://{bound}{secured}");
+    eprintln!("spillway: scheduler listening on df://{bound}{secured}");
     tokio::select! {
-        served = serve(listener, scheduler) => served
+        served = serve(listener, scheduler, tls) => served
             .map_err(|e| Error::Internal(format!("scheduler on {bound}: {e}"))),
         () = crate::process::signal::shutdown() => Ok(()),
     }
@@ -71,7 +81,11 @@ type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
 /// Serve Ballista's scheduler service and, on the same port, `/healthz` and Spillway's
 /// `/spillway/status` (executors, slots, jobs: Ballista lists them only through its REST API,
 /// which is left out of this build because it also shows job settings).
-async fn serve(listener: TcpListener, scheduler: Scheduler) -> std::io::Result<()> {
+async fn serve(
+    listener: TcpListener,
+    scheduler: Scheduler,
+    tls: Option<tonic::transport::ServerTlsConfig>,
+) -> std::result::Result<(), String> {
     let config = scheduler.state.config.clone();
     let grpc = SchedulerGrpcServer::new(scheduler.clone())
         .max_encoding_message_size(config.grpc_server_max_encoding_message_size as usize)
@@ -89,12 +103,26 @@ async fn serve(listener: TcpListener, scheduler: Scheduler) -> std::io::Result<(
                 async move { axum::Json(status(&scheduler).await) }
             }),
         );
-    // Executors that announce no host are registered under their peer address.
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
+    let Some(tls) = tls else {
+        // Executors that announce no host are registered under their peer address.
+        return axum::serve(
+            listener,
+            router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .map_err(|e| e.to_string());
+    };
+    let incoming = futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener.accept().await.map(|(stream, _)| stream);
+        Some((accepted, listener))
+    });
+    tonic::transport::Server::builder()
+        .tls_config(tls)
+        .map_err(|e| e.to_string())?
+        .add_routes(tonic::service::Routes::from(router))
+        .serve_with_incoming(incoming)
+        .await
+        .map_err(|e| super::tls::source_chain(&e))
 }
 
 async fn status(scheduler: &Scheduler) -> super::status::ClusterStatus {

@@ -51,19 +51,27 @@ pub(crate) fn job_state(status: &ballista_core::serde::protobuf::JobStatus) -> S
 }
 
 /// Ask the scheduler at `address` for its status: a down scheduler is exit 8 naming it.
-pub(crate) async fn fetch(address: &str) -> Result<ClusterStatus> {
+pub(crate) async fn fetch(
+    address: &str,
+    tls: Option<&super::tls::ClusterTls>,
+) -> Result<ClusterStatus> {
     let (host, port) = super::scheduler_host_port(address)?;
-    let url = format!("http://{host}:{port}{PATH}");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://{host}:{port}{PATH}");
     let failed = |why: String| {
         Error::Storage(format!(
             "cluster: cannot read the status of the scheduler at df://{host}:{port}: {why}"
         ))
     };
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(5))
-        .no_proxy()
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
+        .no_proxy();
+    if let Some(tls) = tls {
+        client = client
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(tls.reqwest_ca()?);
+    }
+    let client = client.build().map_err(|e| failed(e.to_string()))?;
     let response = client
         .get(&url)
         .send()
@@ -79,21 +87,16 @@ pub(crate) async fn fetch(address: &str) -> Result<ClusterStatus> {
     serde_json::from_str(&body).map_err(|e| failed(format!("unexpected answer: {e}")))
 }
 
-/// reqwest's message with its source chain, which is where the cause (refused, timed out) is.
+/// reqwest's innermost cause (refused, timed out, a bad certificate), without the URL.
 fn without_url(error: &reqwest::Error) -> String {
-    let mut message = if error.is_timeout() {
-        "no answer within 5 s".to_string()
-    } else if error.is_connect() {
-        "connection failed".to_string()
-    } else {
-        error.to_string()
-    };
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message = format!("{message}: {cause}");
-        source = cause.source();
+    if error.is_timeout() {
+        return "no answer within 5 s".to_string();
     }
-    message
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    cause.to_string()
 }
 
 /// The status as a person reads it.

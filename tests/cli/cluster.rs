@@ -143,8 +143,8 @@ impl Cluster {
         let address = line
             .split("listening on ")
             .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
             .expect("an address")
-            .trim()
             .to_string();
         let mut nodes = vec![scheduler];
         let mut flight_ports = Vec::new();
@@ -510,9 +510,19 @@ fn killing_an_executor_mid_stage_gives_the_local_answer_or_exit_8_within_the_tim
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn the query");
-    // Kill the second executor (SIGKILL: no goodbye to the scheduler) once it runs a task.
-    cluster.nodes[2].wait_for("Execute task", Duration::from_secs(60));
-    let _ = cluster.nodes[2].child.kill();
+    // Kill the executor that runs the first task (SIGKILL: no goodbye to the scheduler).
+    // Ballista's placement may give every task to one of the two, so wait for whichever.
+    let started = Instant::now();
+    let busy = loop {
+        if let Some(i) = (1..cluster.nodes.len())
+            .find(|&i| cluster.nodes[i].output().contains("Execute task"))
+        {
+            break i;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "no task started");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = cluster.nodes[busy].child.kill();
     let killed_at = Instant::now();
     let out = query.wait_with_output().expect("wait for the query");
     // Documented bound: --executor-timeout, plus one sweep (timeout / 3), plus the re-run.
@@ -546,4 +556,73 @@ fn cluster_mode_auto_sends_only_statements_over_enough_input_and_local_sends_non
     ws.write("spillway.toml", format!("{scheduler}mode = \"sometimes\"\n"));
     let bad = ws.run(&["query", "SELECT 1"]);
     assert!(bad.failure(3).contains("cluster.mode: unknown mode `sometimes`"));
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, in `tls/` (PEM): `ca.crt`, `node.crt`,
+/// `node.key`.
+fn cluster_certificates(ws: &Workspace) {
+    std::fs::create_dir_all(ws.path("tls")).unwrap();
+    let script = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=spillway test CA' \
+                    -keyout ca.key -out ca.crt \
+                  && openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout node.key -out node.csr \
+                  && printf 'subjectAltName=IP:127.0.0.1\\n' > san \
+                  && openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+                    -extfile san -out node.crt";
+    let made = std::process::Command::new("sh")
+        .args(["-c", script])
+        .current_dir(ws.path("tls"))
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+}
+
+#[test]
+fn cluster_traffic_over_tls_gives_the_local_answer_and_plain_clients_are_refused() {
+    let ws = Workspace::new();
+    h2o_csv(&ws);
+    cluster_certificates(&ws);
+    // Every node and the client read ./spillway.toml: the scheduler and the executors serve
+    // with the certificate; everyone verifies against the CA.
+    ws.write(
+        "spillway.toml",
+        "[cluster]\ntls_cert = \"tls/node.crt\"\ntls_key = \"tls/node.key\"\nca = \"tls/ca.crt\"\n",
+    );
+    let cluster = Cluster::start(&ws, 2, "512MiB");
+    assert!(cluster.nodes[0].output().contains("(TLS)"), "{}", cluster.nodes[0].output());
+    for sql in &QUESTIONS[..2] {
+        let local = ws.run(&["query", "--table", "x=h2o/*.csv", "--format", "csv", sql]);
+        // Results come from the executors' Flight ports: over TLS, or not at all.
+        let remote = ws.run(&cluster.query_args("x=h2o/*.csv", sql));
+        assert_eq!(csv_rows(remote.success()), csv_rows(local.success()), "{sql}");
+    }
+    let status = ws.run(&["cluster", "status", "--cluster", &cluster.scheduler]);
+    assert!(status.success().contains(": 2 executors, 4 slots"), "{}", status.stdout);
+    // A client without the cluster's TLS settings gets nowhere.
+    ws.write("plain.toml", "");
+    let plain = ws.run(&[
+        "--config",
+        "plain.toml",
+        "cluster",
+        "status",
+        "--cluster",
+        &cluster.scheduler,
+    ]);
+    assert!(plain.failure(8).contains("cannot read the status"), "{}", plain.stderr);
+    let plain = ws.run(&[
+        "--config",
+        "plain.toml",
+        "query",
+        "--cluster",
+        &cluster.scheduler,
+        "--table",
+        "x=h2o/*.csv",
+        QUESTIONS[0],
+    ]);
+    assert!(plain.failure(8).contains("TLS"), "{}", plain.stderr);
+    // No key material in anyone's output.
+    let key = std::fs::read_to_string(ws.path("tls/node.key")).unwrap();
+    let key_line = key.lines().nth(1).unwrap();
+    for node in &cluster.nodes {
+        assert!(!node.output().contains(key_line));
+    }
 }
