@@ -137,9 +137,13 @@ pub(crate) struct ClusterStatusArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ClusterSchedulerArgs {
-    /// Address to listen on and announce (port 0: any free port, printed on stderr)
+    /// Address to listen on (port 0: any free port, printed on stderr)
     #[arg(long, default_value = "127.0.0.1:50050", value_name = "HOST:PORT")]
     pub(crate) listen: std::net::SocketAddr,
+    /// Host name executors reach this scheduler at (they report task results there)
+    /// [default: the --listen address, or this machine's host name when it listens on all]
+    #[arg(long, value_name = "HOST")]
+    pub(crate) advertise: Option<String>,
     /// An executor silent this long is lost: its running tasks, and the stage outputs only it
     /// held, run again on the others (executors report every 2 s)
     #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(4..))]

@@ -13,7 +13,7 @@ pub(crate) async fn run(command: ClusterCommand, mut options: EngineOptions) -> 
     // A node runs stages itself: --cluster / [cluster] is for clients.
     options.cluster = None;
     match command {
-        ClusterCommand::Scheduler(args) => cluster::scheduler::run(options, args.listen, args.executor_timeout).await,
+        ClusterCommand::Scheduler(args) => cluster::scheduler::run(options, args.listen, args.advertise, args.executor_timeout).await,
         ClusterCommand::Executor(args) => cluster::executor::run(options, place(args)).await,
         ClusterCommand::Status(_) => Ok(()),
     }

@@ -25,6 +25,7 @@ use tokio::net::TcpListener;
 pub(crate) async fn run(
     options: EngineOptions,
     listen: SocketAddr,
+    advertise: Option<String>,
     executor_timeout_seconds: u64,
 ) -> Result<()> {
     let listener = TcpListener::bind(listen)
@@ -33,8 +34,17 @@ pub(crate) async fn run(
     let bound = listener
         .local_addr()
         .map_err(|e| Error::Internal(format!("scheduler address: {e}")))?;
+    // Executors send task results to the address the scheduler gives them: 0.0.0.0 would
+    // be their own host.
+    let advertised = advertise.unwrap_or_else(|| {
+        if bound.ip().is_unspecified() {
+            host_name()
+        } else {
+            bound.ip().to_string()
+        }
+    });
     let mut config = SchedulerConfig::default()
-        .with_hostname(bound.ip().to_string())
+        .with_hostname(advertised)
         .with_port(bound.port())
         .with_override_session_builder(session_builder(&options)?)
         // A job's results stay on the executors until the client has read them: Ballista's
@@ -74,6 +84,15 @@ pub(crate) async fn run(
             .map_err(|e| Error::Internal(format!("scheduler on {bound}: {e}"))),
         () = crate::process::signal::shutdown() => Ok(()),
     }
+}
+
+/// This machine's host name (a container's is what its peers resolve it by).
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
 }
 
 type Scheduler = SchedulerServer<LogicalPlanNode, PhysicalPlanNode>;
