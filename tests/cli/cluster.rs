@@ -626,3 +626,48 @@ fn cluster_traffic_over_tls_gives_the_local_answer_and_plain_clients_are_refused
         assert!(!node.output().contains(key_line));
     }
 }
+
+/// Rows of a CSV text whose last column is a float: the other columns exactly, the last within
+/// 1e-12 relative (a cluster adds partial sums in another order).
+fn assert_same_rows_float_last(got: &str, want: &str, what: &str) {
+    let (got, want): (Vec<&str>, Vec<&str>) = (got.lines().collect(), want.lines().collect());
+    assert_eq!(got.len(), want.len(), "{what}: row counts");
+    for (g, w) in got.iter().zip(&want) {
+        let (g_head, g_last) = g.rsplit_once(',').unwrap_or((g, ""));
+        let (w_head, w_last) = w.rsplit_once(',').unwrap_or((w, ""));
+        assert_eq!(g_head, w_head, "{what}");
+        match (g_last.parse::<f64>(), w_last.parse::<f64>()) {
+            (Ok(a), Ok(b)) => assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{what}: {g} vs {w}"),
+            _ => assert_eq!(g_last, w_last, "{what}"),
+        }
+    }
+}
+
+#[test]
+fn the_founding_report_over_claims_csv_and_parquet_gives_the_local_answer_on_the_cluster() {
+    let ws = Workspace::new();
+    let csv_config = ws.gen_claims(200_000, 4, "csv", "claims-csv");
+    ws.gen_claims(200_000, 4, "parquet", "claims-pq");
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/cost_by_diagnosis_monthly.sql");
+    ws.write("queries/cost_by_diagnosis_monthly.sql", std::fs::read_to_string(source).unwrap());
+    let cluster = Cluster::start(&ws, 2, "512MiB");
+    let output = "reports/cost_by_diagnosis_monthly/2024-06-01.csv";
+    for (what, config) in [
+        ("csv", csv_config.clone()),
+        ("parquet", "[tables.claims]\nlocation = \"claims-pq/*.parquet\"\nformat = \"parquet\"\n".to_string()),
+    ] {
+        ws.write("spillway.toml", &config);
+        let run = |extra: &[&str]| {
+            let mut args = vec!["report", "run", "cost_by_diagnosis_monthly", "--at", "2024-06-01"];
+            args.extend_from_slice(extra);
+            ws.run(&args).success();
+            let text = std::fs::read_to_string(ws.path(output)).unwrap();
+            std::fs::remove_file(ws.path(output)).unwrap();
+            text
+        };
+        let local = run(&[]);
+        let remote = run(&["--cluster", &cluster.scheduler]);
+        assert!(local.lines().count() > 100, "{what}: {local}");
+        assert_same_rows_float_last(&remote, &local, what);
+    }
+}
