@@ -103,6 +103,18 @@ pub(crate) async fn check_reachable(address: &str) -> Result<()> {
     }
 }
 
+/// The cluster's task slots (every executor's vcores added up), from its scheduler's status;
+/// `None` (with a warning) when it cannot say, e.g. a scheduler that is not Spillway's.
+pub(crate) async fn task_slots(address: &str, tls: Option<&tls::ClusterTls>) -> Option<usize> {
+    match status::fetch(address, tls).await {
+        Ok(status) => Some(status.executors.iter().map(|e| e.slots as usize).sum()),
+        Err(error) => {
+            tracing::warn!("{error}; stages get --workers partitions");
+            None
+        }
+    }
+}
+
 /// How long a client waits for the scheduler to accept a connection.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 

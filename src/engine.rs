@@ -68,6 +68,9 @@ pub(crate) struct EngineOptions {
     pub(crate) cluster_threshold: Option<u64>,
     /// TLS for cluster traffic (`[cluster] tls_cert`, `tls_key`, `ca`).
     pub(crate) cluster_tls: Option<Arc<crate::cluster::tls::ClusterTls>>,
+    /// The cluster's task slots (all executors' vcores), when its scheduler says: a stage is
+    /// split into at least this many partitions, so that every executor gets work.
+    pub(crate) cluster_slots: Option<usize>,
 }
 
 impl Default for EngineOptions {
@@ -86,6 +89,7 @@ impl Default for EngineOptions {
             cluster: None,
             cluster_threshold: None,
             cluster_tls: None,
+            cluster_slots: None,
         }
     }
 }
@@ -187,9 +191,11 @@ impl Engine {
 
     /// The engine every entry point runs on: a session with `options`, and `specs` registered
     /// as tables (errors name the table).
-    pub(crate) async fn open(options: EngineOptions, specs: &[TableSpec]) -> Result<Engine> {
+    pub(crate) async fn open(mut options: EngineOptions, specs: &[TableSpec]) -> Result<Engine> {
         if let Some(address) = &options.cluster {
             crate::cluster::check_reachable(address).await?;
+            options.cluster_slots =
+                crate::cluster::task_slots(address, options.cluster_tls.as_deref()).await;
         }
         let engine = Engine::new(options)?;
         for spec in specs {
@@ -496,8 +502,9 @@ pub(crate) fn register_functions(state: &mut SessionState) -> Result<()> {
 }
 
 fn session_config(options: &EngineOptions) -> SessionConfig {
+    let partitions = options.workers.max(options.cluster_slots.unwrap_or(0)).max(1);
     let mut config = SessionConfig::new()
-        .with_target_partitions(options.workers.max(1))
+        .with_target_partitions(partitions)
         .with_batch_size(options.batch_size.max(1))
         .with_information_schema(true);
     config.options_mut().execution.spill_compression = options.spill_compression;
