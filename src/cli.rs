@@ -78,7 +78,12 @@ pub(crate) struct EngineArgs {
     /// Which statements run on the cluster: cluster (all that read files), local (none), auto
     /// (those reading at least [cluster] auto_threshold, default 1GiB) [default: [cluster]
     /// mode, else cluster]
-    #[arg(long, global = true, env = "SPILLWAY_CLUSTER_MODE", value_name = "MODE")]
+    #[arg(
+        long,
+        global = true,
+        env = "SPILLWAY_CLUSTER_MODE",
+        value_name = "MODE"
+    )]
     pub(crate) cluster_mode: Option<String>,
 }
 

@@ -25,13 +25,13 @@ use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::listing::ListingTable;
 use datafusion::datasource::source_as_provider;
 use datafusion::execution::context::QueryPlanner;
+use datafusion::execution::session_state::SessionState;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
-use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
-use futures::StreamExt;
-use datafusion::execution::session_state::SessionState;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, PhysicalPlanner};
 use datafusion_proto::protobuf::LogicalPlanNode;
+use futures::StreamExt;
 use std::sync::Arc;
 
 /// `[cluster] mode = "auto"`: statements reading at least this much run on the cluster.
@@ -226,7 +226,9 @@ async fn input_bytes(plan: &LogicalPlan, state: &dyn Session) -> datafusion::err
         let extension = &table.options().file_extension;
         for path in table.table_paths() {
             let store = state.runtime_env().object_store(path)?;
-            let mut files = path.list_all_files(state, store.as_ref(), extension).await?;
+            let mut files = path
+                .list_all_files(state, store.as_ref(), extension)
+                .await?;
             while let Some(file) = files.next().await {
                 bytes += file?.size;
             }

@@ -502,7 +502,10 @@ pub(crate) fn register_functions(state: &mut SessionState) -> Result<()> {
 }
 
 fn session_config(options: &EngineOptions) -> SessionConfig {
-    let partitions = options.workers.max(options.cluster_slots.unwrap_or(0)).max(1);
+    let partitions = options
+        .workers
+        .max(options.cluster_slots.unwrap_or(0))
+        .max(1);
     let mut config = SessionConfig::new()
         .with_target_partitions(partitions)
         .with_batch_size(options.batch_size.max(1))

@@ -216,8 +216,12 @@ fn cluster_job_failure(text: &str) -> Option<Error> {
     let (job, why) = rest.split_once(" failed: ")?;
     let inner = |variant: &str| {
         let start = why.find(variant)? + variant.len();
-        let end = why[start..].find("\")").map_or(why.len(), |end| start + end);
-        Some(one_line(&why[start..end].replace("\\n", "\n").replace("\\\"", "\"")))
+        let end = why[start..]
+            .find("\")")
+            .map_or(why.len(), |end| start + end);
+        Some(one_line(
+            &why[start..end].replace("\\n", "\n").replace("\\\"", "\""),
+        ))
     };
     if let Some(detail) = inner("ResourcesExhausted(\"") {
         return Some(Error::ResourcesExhausted(format!(
@@ -229,14 +233,18 @@ fn cluster_job_failure(text: &str) -> Option<Error> {
         .iter()
         .any(|variant| why.contains(variant))
     {
-        return Some(Error::Query(format!("on the cluster (job {job}): {detail}")));
+        return Some(Error::Query(format!(
+            "on the cluster (job {job}): {detail}"
+        )));
     }
     if ["ArrowError(", "ParquetError("]
         .iter()
         .any(|variant| why.contains(variant))
         || looks_like_bad_data(why)
     {
-        return Some(Error::Input(format!("on the cluster (job {job}): {detail}")));
+        return Some(Error::Input(format!(
+            "on the cluster (job {job}): {detail}"
+        )));
     }
     Some(Error::Storage(format!(
         "cluster: job {job} failed: {detail}"
@@ -308,7 +316,10 @@ mod tests {
         let text = "Job 1 failed: Job failed due to stage 2 failed: executor lost";
         let error = Error::from(DataFusionError::Execution(text.to_string()));
         assert_eq!(error.exit_code(), exit_code::STORAGE);
-        assert_eq!(error.to_string(), "storage: cluster: job 1 failed: Job failed due to stage 2 failed: executor lost");
+        assert_eq!(
+            error.to_string(),
+            "storage: cluster: job 1 failed: Job failed due to stage 2 failed: executor lost"
+        );
     }
 
     use super::*;

@@ -50,7 +50,9 @@ fn main() -> ExitCode {
         cli.command,
         Command::Schedule(_)
             | Command::Serve(_)
-            | Command::Cluster(cli::ClusterCommand::Scheduler(_) | cli::ClusterCommand::Executor(_))
+            | Command::Cluster(
+                cli::ClusterCommand::Scheduler(_) | cli::ClusterCommand::Executor(_)
+            )
     );
     init_logging(if daemon { "info" } else { "warn" });
     let outcome = load_config(&cli).and_then(|(config, options)| run(cli, config, options));
@@ -96,7 +98,9 @@ fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
         cli.command,
         Command::Schedule(_)
             | Command::Serve(_)
-            | Command::Cluster(cli::ClusterCommand::Scheduler(_) | cli::ClusterCommand::Executor(_))
+            | Command::Cluster(
+                cli::ClusterCommand::Scheduler(_) | cli::ClusterCommand::Executor(_)
+            )
     );
     let result = runtime.block_on(async move {
         let result = if daemon {

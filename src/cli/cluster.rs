@@ -8,12 +8,20 @@ use crate::error::{Error, Result};
 
 pub(crate) async fn run(command: ClusterCommand, mut options: EngineOptions) -> Result<()> {
     if let ClusterCommand::Status(args) = command {
-        return status(args, options.cluster.as_deref(), options.cluster_tls.as_deref()).await;
+        return status(
+            args,
+            options.cluster.as_deref(),
+            options.cluster_tls.as_deref(),
+        )
+        .await;
     }
     // A node runs stages itself: --cluster / [cluster] is for clients.
     options.cluster = None;
     match command {
-        ClusterCommand::Scheduler(args) => cluster::scheduler::run(options, args.listen, args.advertise, args.executor_timeout).await,
+        ClusterCommand::Scheduler(args) => {
+            cluster::scheduler::run(options, args.listen, args.advertise, args.executor_timeout)
+                .await
+        }
         ClusterCommand::Executor(args) => cluster::executor::run(options, place(args)).await,
         ClusterCommand::Status(_) => Ok(()),
     }

@@ -4,29 +4,29 @@
 //! `--spill-dir`, `--max-spill`), and its own object stores. Must not take store settings from
 //! a job: credentials stay on the node that has them.
 
+use crate::engine::PeakPool;
 use crate::engine::{self, EngineOptions};
 use crate::error::{Error, Result};
 use ballista_core::config::TaskSchedulingPolicy;
 use ballista_core::extension::SessionConfigExt;
 use ballista_core::registry::BallistaFunctionRegistry;
+use ballista_core::serde::protobuf::{
+    RuntimeStatsReport, ShuffleWritePartition, TaskColumnStats, WindowStateReport,
+};
 use ballista_core::utils::default_session_builder;
 use ballista_core::{JobId, RuntimeProducer};
 use ballista_executor::execution_engine::{
     DefaultExecutionEngine, ExecutionEngine, QueryStageExecutor,
 };
 use ballista_executor::executor_process::{start_executor_process, ExecutorProcessConfig};
-use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::execution::TaskContext;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
 use datafusion::physical_plan::metrics::{Gauge, Metric, MetricValue, MetricsSet};
 use datafusion::physical_plan::ExecutionPlan;
-use crate::engine::PeakPool;
-use ballista_core::serde::protobuf::{
-    RuntimeStatsReport, ShuffleWritePartition, TaskColumnStats, WindowStateReport,
-};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use datafusion::prelude::SessionConfig;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Where an executor listens and whom it serves.
@@ -104,9 +104,10 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
         // taken by polling the scheduler (the push mode's task port has no TLS hook).
         let server = tls.server("executor")?;
         config.task_scheduling_policy = TaskSchedulingPolicy::PullStaged;
-        config.override_arrow_flight_service = Some(Arc::new(move |work_dir, address, shutdown, grpc| {
-            flight_over_tls(work_dir, address, shutdown, grpc, server.clone())
-        }));
+        config.override_arrow_flight_service =
+            Some(Arc::new(move |work_dir, address, shutdown, grpc| {
+                flight_over_tls(work_dir, address, shutdown, grpc, server.clone())
+            }));
         let endpoint = tls.endpoint_override();
         config.override_create_grpc_client_endpoint = Some(endpoint.clone());
         config.override_config_producer = Some(Arc::new(move || {
@@ -297,19 +298,27 @@ impl QueryStageExecutor for PoolPeakStage {
         context: Arc<TaskContext>,
     ) -> datafusion::error::Result<Vec<ShuffleWritePartition>> {
         let context = fitted_to_this_executor(&context, &self.options);
-        if !context.session_config().options().optimizer.enable_topk_aggregation {
+        if !context
+            .session_config()
+            .options()
+            .optimizer
+            .enable_topk_aggregation
+        {
             // A conservative retry follows a job that ran out of memory; the failed task's other
             // partitions stop asynchronously and hold their memory until they have. Give them
             // a moment, as the local retry does (bounded: other jobs may hold memory too).
             let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
-            while self.pool.reserved() > 0 && tokio::time::Instant::now() < deadline
-            {
+            while self.pool.reserved() > 0 && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
         }
         let mark = self.pool.watch();
-        let written = self.inner.execute_query_stage(input_partition, context).await;
-        self.peak.fetch_max(mark.load(Ordering::Relaxed), Ordering::Relaxed);
+        let written = self
+            .inner
+            .execute_query_stage(input_partition, context)
+            .await;
+        self.peak
+            .fetch_max(mark.load(Ordering::Relaxed), Ordering::Relaxed);
         written
     }
 
@@ -333,9 +342,7 @@ impl QueryStageExecutor for PoolPeakStage {
         self.inner.collect_runtime_stats_reports()
     }
 
-    fn collect_window_state_reports(
-        &self,
-    ) -> datafusion::error::Result<Vec<WindowStateReport>> {
+    fn collect_window_state_reports(&self) -> datafusion::error::Result<Vec<WindowStateReport>> {
         self.inner.collect_window_state_reports()
     }
 

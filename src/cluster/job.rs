@@ -36,13 +36,18 @@ pub(crate) struct SchedulerAddress {
 type SideCallError = Box<dyn std::error::Error + Send + Sync>;
 
 impl SchedulerAddress {
-    async fn client(&self) -> Result<SchedulerGrpcClient<tonic::transport::Channel>, SideCallError> {
+    async fn client(
+        &self,
+    ) -> Result<SchedulerGrpcClient<tonic::transport::Channel>, SideCallError> {
         let channel = match &self.tls {
             Some(tls) => tls.channel(&self.host, self.port).await?,
             None => {
-                tonic::transport::Endpoint::from_shared(format!("http://{}:{}", self.host, self.port))?
-                    .connect()
-                    .await?
+                tonic::transport::Endpoint::from_shared(format!(
+                    "http://{}:{}",
+                    self.host, self.port
+                ))?
+                .connect()
+                .await?
             }
         };
         Ok(SchedulerGrpcClient::new(channel))
@@ -257,7 +262,9 @@ pub(crate) async fn job_totals(plan: &Arc<dyn ExecutionPlan>) -> Option<JobTotal
     let asked = async {
         let mut client = exec.scheduler.client().await?;
         let metrics = client
-            .get_job_metrics(GetJobMetricsParams { job_id: job.clone() })
+            .get_job_metrics(GetJobMetricsParams {
+                job_id: job.clone(),
+            })
             .await?
             .into_inner();
         Ok::<_, SideCallError>(metrics)
@@ -302,4 +309,3 @@ pub(crate) async fn job_totals(plan: &Arc<dyn ExecutionPlan>) -> Option<JobTotal
     }
     Some(totals)
 }
-

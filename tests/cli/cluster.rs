@@ -405,11 +405,26 @@ fn a_stage_out_of_memory_is_retried_conservatively_and_spills_on_the_executors()
         "{}",
         remote.stderr
     );
-    assert!(remote.stderr.contains("on the cluster (job "), "{}", remote.stderr);
-    assert!(executor_stat(&remote.stderr, "spilled ") > 0, "{}", remote.stderr);
+    assert!(
+        remote.stderr.contains("on the cluster (job "),
+        "{}",
+        remote.stderr
+    );
+    assert!(
+        executor_stat(&remote.stderr, "spilled ") > 0,
+        "{}",
+        remote.stderr
+    );
     // The pool peak is the executors' (each pool is 60 % of 16 MiB), not this process's.
-    let peak_line = remote.stderr.lines().find(|l| l.starts_with("on executors:")).unwrap();
-    assert!(peak_line.contains("peak memory") && !peak_line.contains("peak memory 0 B"), "{peak_line}");
+    let peak_line = remote
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("on executors:"))
+        .unwrap();
+    assert!(
+        peak_line.contains("peak memory") && !peak_line.contains("peak memory 0 B"),
+        "{peak_line}"
+    );
     assert_eq!(
         std::fs::read_to_string(ws.path("remote.csv")).unwrap(),
         std::fs::read_to_string(ws.path("local.csv")).unwrap()
@@ -420,7 +435,13 @@ fn a_stage_out_of_memory_is_retried_conservatively_and_spills_on_the_executors()
 fn cluster_status_lists_the_executors_and_their_slots_and_checks_a_minimum() {
     let ws = Workspace::new();
     let cluster = Cluster::start(&ws, 2, "512MiB");
-    let out = ws.run(&["cluster", "status", "--cluster", &cluster.scheduler, "--json"]);
+    let out = ws.run(&[
+        "cluster",
+        "status",
+        "--cluster",
+        &cluster.scheduler,
+        "--json",
+    ]);
     let status: serde_json::Value = serde_json::from_str(out.success()).expect("JSON");
     let executors = status["executors"].as_array().expect("executors");
     assert_eq!(executors.len(), 2, "{status}");
@@ -432,7 +453,8 @@ fn cluster_status_lists_the_executors_and_their_slots_and_checks_a_minimum() {
     assert_eq!(status["running_jobs"], 0);
     let text = ws.run(&["cluster", "status", "--cluster", &cluster.scheduler]);
     assert!(
-        text.success().contains(": 2 executors, 4 slots; 0 running jobs, 0 queued"),
+        text.success()
+            .contains(": 2 executors, 4 slots; 0 running jobs, 0 queued"),
         "{}",
         text.stdout
     );
@@ -472,23 +494,43 @@ fn a_report_and_a_serve_query_run_through_the_cluster_as_they_run_here() {
         &cluster.scheduler,
     ]);
     remote.success();
-    assert_eq!(std::fs::read_to_string(ws.path("out/per_id1.csv")).unwrap(), expected);
+    assert_eq!(
+        std::fs::read_to_string(ws.path("out/per_id1.csv")).unwrap(),
+        expected
+    );
 
-    let server = Server::start(&ws, &["-t", "x=h2o/*.csv", "--cluster", &cluster.scheduler], &[]);
+    let server = Server::start(
+        &ws,
+        &["-t", "x=h2o/*.csv", "--cluster", &cluster.scheduler],
+        &[],
+    );
     let conninfo = server.conninfo("analyst", "");
     let answer = server.psql(
         &conninfo,
         None,
-        &["-F", ",", "-c", "SELECT id1, sum(v1) AS v1, count(*) AS n FROM x GROUP BY id1 ORDER BY id1"],
+        &[
+            "-F",
+            ",",
+            "-c",
+            "SELECT id1, sum(v1) AS v1, count(*) AS n FROM x GROUP BY id1 ORDER BY id1",
+        ],
     );
     let expected_rows: Vec<&str> = expected.lines().skip(1).collect();
     let got_rows: Vec<&str> = answer.success().lines().collect();
     assert_eq!(got_rows, expected_rows);
     // The statement ran as a job; the catalog queries psql's \d sends ran here.
     let explained = server.psql(&conninfo, None, &["-c", "EXPLAIN SELECT count(*) FROM x"]);
-    assert!(explained.success().contains("distributed_plan"), "{}", explained.stdout);
+    assert!(
+        explained.success().contains("distributed_plan"),
+        "{}",
+        explained.stdout
+    );
     let listed = server.psql(&conninfo, None, &["-c", "\\d"]);
-    assert!(listed.success().contains("public|x|table"), "{}", listed.stdout);
+    assert!(
+        listed.success().contains("public|x|table"),
+        "{}",
+        listed.stdout
+    );
     // Rows read to the end: no job leaves files on the executors.
     cluster.wait_for_empty_work_dirs(&ws);
 }
@@ -500,7 +542,8 @@ fn killing_an_executor_mid_stage_gives_the_local_answer_or_exit_8_within_the_tim
         "gen", "h2o", "--rows", "2000000", "--groups", "100", "--files", "8", "--out", "h2o",
     ])
     .success();
-    let sql = "SELECT id3, sum(v1) AS s, count(*) AS c FROM x GROUP BY id3 ORDER BY s DESC, id3 LIMIT 5";
+    let sql =
+        "SELECT id3, sum(v1) AS s, count(*) AS c FROM x GROUP BY id3 ORDER BY s DESC, id3 LIMIT 5";
     let local = ws.run(&["query", "-t", "x=h2o/*.csv", "--format", "csv", sql]);
     let mut cluster = Cluster::start_with(&ws, 2, "512MiB", &["--executor-timeout", "6"]);
     let query = ws
@@ -514,19 +557,26 @@ fn killing_an_executor_mid_stage_gives_the_local_answer_or_exit_8_within_the_tim
     // Ballista's placement may give every task to one of the two, so wait for whichever.
     let started = Instant::now();
     let busy = loop {
-        if let Some(i) = (1..cluster.nodes.len())
-            .find(|&i| cluster.nodes[i].output().contains("Execute task"))
+        if let Some(i) =
+            (1..cluster.nodes.len()).find(|&i| cluster.nodes[i].output().contains("Execute task"))
         {
             break i;
         }
-        assert!(started.elapsed() < Duration::from_secs(60), "no task started");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no task started"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     let _ = cluster.nodes[busy].child.kill();
     let killed_at = Instant::now();
     let out = query.wait_with_output().expect("wait for the query");
     // Documented bound: --executor-timeout, plus one sweep (timeout / 3), plus the re-run.
-    assert!(killed_at.elapsed() < Duration::from_secs(45), "{:?}", killed_at.elapsed());
+    assert!(
+        killed_at.elapsed() < Duration::from_secs(45),
+        "{:?}",
+        killed_at.elapsed()
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     match out.status.code() {
@@ -548,14 +598,29 @@ fn cluster_mode_auto_sends_only_statements_over_enough_input_and_local_sends_non
     };
     let scheduler = format!("[cluster]\nscheduler = \"{}\"\n", cluster.scheduler);
     // The four CSV files hold a few MiB.
-    let small = runs_in(&format!("{scheduler}mode = \"auto\"\nauto_threshold = \"1GiB\"\n"));
+    let small = runs_in(&format!(
+        "{scheduler}mode = \"auto\"\nauto_threshold = \"1GiB\"\n"
+    ));
     assert_eq!(small, "this process");
-    let large = runs_in(&format!("{scheduler}mode = \"auto\"\nauto_threshold = \"1KiB\"\n"));
-    assert!(large.starts_with(&format!("cluster {}", cluster.scheduler)), "{large}");
-    assert_eq!(runs_in(&format!("{scheduler}mode = \"local\"\n")), "this process");
-    ws.write("spillway.toml", format!("{scheduler}mode = \"sometimes\"\n"));
+    let large = runs_in(&format!(
+        "{scheduler}mode = \"auto\"\nauto_threshold = \"1KiB\"\n"
+    ));
+    assert!(
+        large.starts_with(&format!("cluster {}", cluster.scheduler)),
+        "{large}"
+    );
+    assert_eq!(
+        runs_in(&format!("{scheduler}mode = \"local\"\n")),
+        "this process"
+    );
+    ws.write(
+        "spillway.toml",
+        format!("{scheduler}mode = \"sometimes\"\n"),
+    );
     let bad = ws.run(&["query", "SELECT 1"]);
-    assert!(bad.failure(3).contains("cluster.mode: unknown mode `sometimes`"));
+    assert!(bad
+        .failure(3)
+        .contains("cluster.mode: unknown mode `sometimes`"));
 }
 
 /// A CA and a certificate it signed for 127.0.0.1, in `tls/` (PEM): `ca.crt`, `node.crt`,
@@ -573,7 +638,11 @@ fn cluster_certificates(ws: &Workspace) {
         .current_dir(ws.path("tls"))
         .output()
         .expect("openssl");
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
 }
 
 #[test]
@@ -588,15 +657,27 @@ fn cluster_traffic_over_tls_gives_the_local_answer_and_plain_clients_are_refused
         "[cluster]\ntls_cert = \"tls/node.crt\"\ntls_key = \"tls/node.key\"\nca = \"tls/ca.crt\"\n",
     );
     let cluster = Cluster::start(&ws, 2, "512MiB");
-    assert!(cluster.nodes[0].output().contains("(TLS)"), "{}", cluster.nodes[0].output());
+    assert!(
+        cluster.nodes[0].output().contains("(TLS)"),
+        "{}",
+        cluster.nodes[0].output()
+    );
     for sql in &QUESTIONS[..2] {
         let local = ws.run(&["query", "--table", "x=h2o/*.csv", "--format", "csv", sql]);
         // Results come from the executors' Flight ports: over TLS, or not at all.
         let remote = ws.run(&cluster.query_args("x=h2o/*.csv", sql));
-        assert_eq!(csv_rows(remote.success()), csv_rows(local.success()), "{sql}");
+        assert_eq!(
+            csv_rows(remote.success()),
+            csv_rows(local.success()),
+            "{sql}"
+        );
     }
     let status = ws.run(&["cluster", "status", "--cluster", &cluster.scheduler]);
-    assert!(status.success().contains(": 2 executors, 4 slots"), "{}", status.stdout);
+    assert!(
+        status.success().contains(": 2 executors, 4 slots"),
+        "{}",
+        status.stdout
+    );
     // A client without the cluster's TLS settings gets nowhere.
     ws.write("plain.toml", "");
     let plain = ws.run(&[
@@ -607,7 +688,11 @@ fn cluster_traffic_over_tls_gives_the_local_answer_and_plain_clients_are_refused
         "--cluster",
         &cluster.scheduler,
     ]);
-    assert!(plain.failure(8).contains("cannot read the status"), "{}", plain.stderr);
+    assert!(
+        plain.failure(8).contains("cannot read the status"),
+        "{}",
+        plain.stderr
+    );
     let plain = ws.run(&[
         "--config",
         "plain.toml",
@@ -637,7 +722,10 @@ fn assert_same_rows_float_last(got: &str, want: &str, what: &str) {
         let (w_head, w_last) = w.rsplit_once(',').unwrap_or((w, ""));
         assert_eq!(g_head, w_head, "{what}");
         match (g_last.parse::<f64>(), w_last.parse::<f64>()) {
-            (Ok(a), Ok(b)) => assert!((a - b).abs() <= 1e-12 * b.abs().max(1.0), "{what}: {g} vs {w}"),
+            (Ok(a), Ok(b)) => assert!(
+                (a - b).abs() <= 1e-12 * b.abs().max(1.0),
+                "{what}: {g} vs {w}"
+            ),
             _ => assert_eq!(g_last, w_last, "{what}"),
         }
     }
@@ -648,17 +736,31 @@ fn the_founding_report_over_claims_csv_and_parquet_gives_the_local_answer_on_the
     let ws = Workspace::new();
     let csv_config = ws.gen_claims(200_000, 4, "csv", "claims-csv");
     ws.gen_claims(200_000, 4, "parquet", "claims-pq");
-    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("queries/cost_by_diagnosis_monthly.sql");
-    ws.write("queries/cost_by_diagnosis_monthly.sql", std::fs::read_to_string(source).unwrap());
+    let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("queries/cost_by_diagnosis_monthly.sql");
+    ws.write(
+        "queries/cost_by_diagnosis_monthly.sql",
+        std::fs::read_to_string(source).unwrap(),
+    );
     let cluster = Cluster::start(&ws, 2, "512MiB");
     let output = "reports/cost_by_diagnosis_monthly/2024-06-01.csv";
     for (what, config) in [
         ("csv", csv_config.clone()),
-        ("parquet", "[tables.claims]\nlocation = \"claims-pq/*.parquet\"\nformat = \"parquet\"\n".to_string()),
+        (
+            "parquet",
+            "[tables.claims]\nlocation = \"claims-pq/*.parquet\"\nformat = \"parquet\"\n"
+                .to_string(),
+        ),
     ] {
         ws.write("spillway.toml", &config);
         let run = |extra: &[&str]| {
-            let mut args = vec!["report", "run", "cost_by_diagnosis_monthly", "--at", "2024-06-01"];
+            let mut args = vec![
+                "report",
+                "run",
+                "cost_by_diagnosis_monthly",
+                "--at",
+                "2024-06-01",
+            ];
             args.extend_from_slice(extra);
             ws.run(&args).success();
             let text = std::fs::read_to_string(ws.path(output)).unwrap();
