@@ -132,7 +132,14 @@ impl From<DataFusionError> for Error {
 /// Map a DataFusion error (however deeply wrapped) to the class a user acts on.
 fn classify(error: &DataFusionError) -> Error {
     let message = one_line(&error.message());
-    match error.find_root() {
+    let root = error.find_root();
+    // A job that failed on a cluster carries the executor's error as text.
+    if let DataFusionError::Execution(text) = root {
+        if let Some(failure) = cluster_job_failure(text) {
+            return failure;
+        }
+    }
+    match root {
         DataFusionError::ResourcesExhausted(_) => {
             Error::ResourcesExhausted(format!("{message}; {RESOURCES_ADVICE}"))
         }
@@ -156,9 +163,6 @@ fn classify(error: &DataFusionError) -> Error {
             Some(ours) => ours.clone_shallow(),
             None => Error::Internal(message),
         },
-        DataFusionError::Execution(text) if cluster_job_failure(text).is_some() => {
-            cluster_job_failure(text).unwrap_or(Error::Internal(message))
-        }
         // The gRPC connection to the scheduler broke: it went down, or a plain client met a
         // TLS scheduler (or the reverse), which breaks in HTTP/2.
         DataFusionError::Execution(text)
