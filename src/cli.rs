@@ -2,6 +2,7 @@
 //! `SPILLWAY_*` variables, the config file) into validated, typed options for the modules that
 //! do the work. Flag handlers only validate; doing happens in `query`, `gen` and `demo`.
 
+pub(crate) mod audit;
 pub(crate) mod cluster;
 pub(crate) mod demo;
 pub(crate) mod gen;
@@ -85,6 +86,10 @@ pub(crate) struct EngineArgs {
         value_name = "MODE"
     )]
     pub(crate) cluster_mode: Option<String>,
+    /// Run under this [privacy.roles.NAME] instead of [privacy] default_role; only the owner
+    /// of spillway.toml may pick a role
+    #[arg(long, global = true, value_name = "NAME")]
+    pub(crate) role: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +120,41 @@ pub(crate) enum Command {
     /// Run a Ballista cluster node: the scheduler, or an executor
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// The privacy audit log ([privacy] audit_log): check its hash chain, or show its records
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the hash chain; name the first record that was edited, deleted or moved (exit 5)
+    #[command(after_help = EXIT_CODES_HELP)]
+    Verify(AuditVerifyArgs),
+    /// Print records, oldest first: time, user, role, entry point, outcome, rows, SQL
+    Show(AuditShowArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditVerifyArgs {
+    /// The log [default: [privacy] audit_log]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) log: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct AuditShowArgs {
+    /// The log [default: [privacy] audit_log]
+    #[arg(long, value_name = "FILE")]
+    pub(crate) log: Option<PathBuf>,
+    /// Only records of this user
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+    /// Only records from this time on: 2026-12-01 or 2026-12-01T08:00:00Z
+    #[arg(long, value_name = "TIME")]
+    pub(crate) since: Option<String>,
+    /// Print the records as JSON Lines, as stored
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -362,6 +402,10 @@ pub(crate) struct QueryArgs {
     /// Print rows, files and bytes scanned, time, spilling and peak memory after the query
     #[arg(long)]
     pub(crate) stats: bool,
+    /// Encrypt a Parquet output (Parquet modular encryption, AES-GCM) with the key in
+    /// $SPILLWAY_ENCRYPTION_KEY or [privacy] encryption_key_env / encryption_key_file
+    #[arg(long)]
+    pub(crate) encrypt: bool,
 }
 
 #[derive(Debug, Args)]

@@ -33,6 +33,66 @@ pub(crate) struct ConfigFile {
     pub(crate) server: ServerSection,
     #[serde(default)]
     pub(crate) cluster: ClusterSection,
+    #[serde(default)]
+    pub(crate) privacy: PrivacySection,
+}
+
+/// `[privacy]`: the PHI guard (see `privacy`): which columns identify a person, what each role
+/// may see of them, small-cell suppression, the pseudonym and encryption keys, the audit log.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PrivacySection {
+    /// The variable holding the key of `pseudonym()` (any text; 32 random bytes or more).
+    pub(crate) key_env: Option<String>,
+    /// A file holding that key instead (readable by its owner only, as for SSH keys).
+    pub(crate) key_file: Option<PathBuf>,
+    /// The role `query`, `report` and the scheduler run under, and server users without one.
+    pub(crate) default_role: Option<String>,
+    /// Fewest distinct people behind a published group for aggregate-only roles (default 11).
+    pub(crate) min_cell_size: Option<u64>,
+    /// The append-only, hash-chained JSON Lines audit log of every statement and report run.
+    pub(crate) audit_log: Option<PathBuf>,
+    /// The variable (default `SPILLWAY_ENCRYPTION_KEY`) or file holding the AES key of
+    /// `--encrypt` (16, 24 or 32 bytes, base64 or hex).
+    pub(crate) encryption_key_env: Option<String>,
+    pub(crate) encryption_key_file: Option<PathBuf>,
+    /// `[privacy.columns.TABLE]`: `COLUMN = "subject" | "identifier" | "quasi"`.
+    #[serde(default)]
+    pub(crate) columns: BTreeMap<String, BTreeMap<String, String>>,
+    /// `[privacy.roles.NAME]`: what a role may see.
+    #[serde(default)]
+    pub(crate) roles: BTreeMap<String, RoleSection>,
+}
+
+/// `[privacy.roles.NAME]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoleSection {
+    /// Sees every column raw, every row (the data's owner); still audited.
+    #[serde(default)]
+    pub(crate) unrestricted: bool,
+    /// Reads protected tables only through aggregates, with small cells suppressed.
+    #[serde(default)]
+    pub(crate) aggregate_only: bool,
+    /// Overrides `[privacy] min_cell_size` for this role.
+    pub(crate) min_cell_size: Option<u64>,
+    /// `[privacy.roles.NAME.tables.TABLE]`: per table, columns raw or masked, and a row filter.
+    #[serde(default)]
+    pub(crate) tables: BTreeMap<String, RoleTableSection>,
+}
+
+/// `[privacy.roles.NAME.tables.TABLE]`.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RoleTableSection {
+    /// Columns this role sees as they are.
+    #[serde(default)]
+    pub(crate) raw: Vec<String>,
+    /// `COLUMN = "pseudonym" | "redact" | "generalize" | "month" | "year" | "zip3"`.
+    #[serde(default)]
+    pub(crate) mask: BTreeMap<String, String>,
+    /// A SQL condition on the table's columns: the only rows this role sees.
+    pub(crate) filter: Option<String>,
 }
 
 /// `[cluster]`: a Ballista cluster to run statements on (`spillway cluster ...`).
@@ -85,6 +145,8 @@ pub(crate) struct ServerSection {
 pub(crate) struct UserSection {
     pub(crate) scram: Option<Secret>,
     pub(crate) password_env: Option<String>,
+    /// The `[privacy.roles.NAME]` this user's statements run under (default: `default_role`).
+    pub(crate) role: Option<String>,
 }
 
 /// `[reports]`: where saved reports live and where their runs are recorded.
@@ -270,6 +332,9 @@ impl ConfigFile {
             &mut self.cluster.tls_cert,
             &mut self.cluster.tls_key,
             &mut self.cluster.ca,
+            &mut self.privacy.key_file,
+            &mut self.privacy.audit_log,
+            &mut self.privacy.encryption_key_file,
         ];
         for path in paths.into_iter().flatten() {
             *path = crate::storage::normalize_path(path);

@@ -21,6 +21,10 @@ use crate::engine::group_keys::PACK_INTEGER_KEYS;
 use crate::engine::group_topk::TopKPerGroup;
 use crate::engine::rewrite::{AccountWindowInput, FullSortInsteadOfTopK, TWO_LEVEL_DISTINCT};
 use crate::error::{Error, Result};
+use crate::privacy::audit::{AuditLog, InputFile};
+use crate::privacy::functions::PseudonymKey;
+use crate::privacy::guard::PrivacyGuard;
+use crate::privacy::{Policy, Role};
 use crate::storage::registry::OnDemandStores;
 use crate::storage::{Location, ResolvedLocation, StoreCounters, StoreRegistry};
 use datafusion::common::config::SpillCompression;
@@ -71,6 +75,10 @@ pub(crate) struct EngineOptions {
     /// The cluster's task slots (all executors' vcores), when its scheduler says: a stage is
     /// split into at least this many partitions, so that every executor gets work.
     pub(crate) cluster_slots: Option<usize>,
+    /// `[privacy]`: the PHI guard's policy, and the role this engine's own session runs under
+    /// (`query`, `report`; a server gives each connection its user's role instead).
+    pub(crate) privacy: Option<Arc<Policy>>,
+    pub(crate) role: Option<Arc<Role>>,
 }
 
 impl Default for EngineOptions {
@@ -90,6 +98,8 @@ impl Default for EngineOptions {
             cluster_threshold: None,
             cluster_tls: None,
             cluster_slots: None,
+            privacy: None,
+            role: None,
         }
     }
 }
@@ -110,6 +120,10 @@ pub(crate) struct Engine {
     /// Behind a lock so a long-running server can register a table again over new files.
     tables: Mutex<Vec<RegisteredTable>>,
     options: EngineOptions,
+    /// The policy of `options.role`, installed in `ctx` (none for an unrestricted role).
+    guard: Option<Arc<PrivacyGuard>>,
+    /// `[privacy] audit_log`, checked writable when the engine opened.
+    audit: Option<AuditLog>,
 }
 
 /// A statement that is executing: its plan (for metrics) and the stream of its results.
@@ -142,7 +156,12 @@ impl Engine {
             )?;
         }
         // After the Ballista upgrade, which resets the function lists to its defaults.
-        register_functions(&mut state)?;
+        let key = match &options.privacy {
+            Some(policy) => policy.pseudonym_key()?,
+            None => None,
+        };
+        register_functions(&mut state, key)?;
+        let (state, guard) = guarded(state, options.privacy.as_ref(), options.role.as_ref());
         let ctx = SessionContext::new_with_state(state);
         Ok(Engine {
             ctx,
@@ -150,7 +169,66 @@ impl Engine {
             stores,
             tables: Mutex::new(Vec::new()),
             options,
+            guard,
+            audit: None,
         })
+    }
+
+    /// The audit log statements are recorded in, if `[privacy] audit_log` names one.
+    pub(crate) fn audit_log(&self) -> Option<&AuditLog> {
+        self.audit.as_ref()
+    }
+
+    /// The role this engine's session runs under.
+    pub(crate) fn role_name(&self) -> Option<String> {
+        self.options.role.as_ref().map(|role| role.name.clone())
+    }
+
+    /// The files behind every registered table a plan reads, as the audit log records them.
+    pub(crate) fn input_files(&self, plan: &LogicalPlan) -> Vec<InputFile> {
+        use datafusion::common::tree_node::TreeNodeRecursion;
+        let mut names = std::collections::BTreeSet::new();
+        let _ = plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node {
+                names.insert(scan.table_name.table().to_string());
+            }
+            Ok(TreeNodeRecursion::Continue)
+        });
+        self.files_of_tables(&names)
+    }
+
+    /// The files behind the registered tables named in `names`, for the audit log.
+    pub(crate) fn files_of_tables(
+        &self,
+        names: &std::collections::BTreeSet<String>,
+    ) -> Vec<InputFile> {
+        let Ok(tables) = self.tables.lock() else {
+            return Vec::new();
+        };
+        tables
+            .iter()
+            .filter(|table| {
+                names.contains(&table.spec.name.to_ascii_lowercase())
+                    || names.contains(table.spec.name.as_str())
+            })
+            .flat_map(|table| {
+                table.resolved.files.iter().map(|file| InputFile {
+                    table: table.spec.name.clone(),
+                    path: file.location.to_string(),
+                    size: file.size,
+                    modified: file.last_modified.to_rfc3339(),
+                    etag: file.e_tag.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Groups that small-cell suppression removed since the last call.
+    pub(crate) fn take_suppressed(&self) -> Option<u64> {
+        self.guard
+            .as_ref()
+            .filter(|g| g.role().aggregate_only)
+            .map(|g| g.take_suppressed())
     }
 
     /// The settings this engine was built with.
@@ -192,12 +270,26 @@ impl Engine {
     /// The engine every entry point runs on: a session with `options`, and `specs` registered
     /// as tables (errors name the table).
     pub(crate) async fn open(mut options: EngineOptions, specs: &[TableSpec]) -> Result<Engine> {
+        if let Some(policy) = &options.privacy {
+            options.privacy = Some(Arc::new(
+                policy.with_aliases(protected_aliases(policy, specs)),
+            ));
+        }
         if let Some(address) = &options.cluster {
             crate::cluster::check_reachable(address).await?;
             options.cluster_slots =
                 crate::cluster::task_slots(address, options.cluster_tls.as_deref()).await;
         }
-        let engine = Engine::new(options)?;
+        let audit = match options
+            .privacy
+            .as_ref()
+            .and_then(|p| p.audit_log.as_deref())
+        {
+            Some(path) => Some(AuditLog::open(path)?),
+            None => None,
+        };
+        let mut engine = Engine::new(options)?;
+        engine.audit = audit;
         for spec in specs {
             engine.register_table(spec).await?;
         }
@@ -315,7 +407,11 @@ impl Engine {
     /// most `memory_cap` bytes of the pool. DataFusion's listing cache is off here: the server
     /// re-lists a table's files before each query (see `serve`), and a cached listing would
     /// hand a changed file's old size to the reader.
-    pub(crate) fn session_with_memory_cap(&self, memory_cap: usize) -> Result<SessionContext> {
+    pub(crate) fn session_with_memory_cap(
+        &self,
+        memory_cap: usize,
+        role: Option<&Arc<Role>>,
+    ) -> Result<(SessionContext, Option<Arc<PrivacyGuard>>)> {
         let base = self.ctx.runtime_env();
         let mut cache = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
             .with_list_files_cache_limit(0);
@@ -335,7 +431,8 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .build();
-        Ok(SessionContext::new_with_state(state))
+        let (state, guard) = guarded(state, self.options.privacy.as_ref(), role);
+        Ok((SessionContext::new_with_state(state), guard))
     }
 
     /// Start a statement again after it ran out of memory, with a plan that trades speed for
@@ -417,7 +514,67 @@ async fn read_all(ctx: &SessionContext) -> Result<()> {
     Ok(())
 }
 
-/// Session settings from the engine options.
+/// `state` with the guard of `role` (if it has rules) among its analyzer rules, before type
+/// coercion so the masks and row filters are coerced like the statement's own expressions.
+/// Any guard `state` already had (a server's base session) is replaced.
+fn guarded(
+    state: SessionState,
+    policy: Option<&Arc<Policy>>,
+    role: Option<&Arc<Role>>,
+) -> (SessionState, Option<Arc<PrivacyGuard>>) {
+    let mut rules: Vec<_> = state
+        .analyzer()
+        .rules
+        .iter()
+        .filter(|rule| rule.name() != GUARD_RULE)
+        .cloned()
+        .collect();
+    let (Some(policy), Some(role)) = (policy, role) else {
+        return (state, None);
+    };
+    if role.unrestricted {
+        return (state, None);
+    }
+    let unguarded = SessionStateBuilder::new_from_existing(state.clone())
+        .with_analyzer_rules(rules.clone())
+        .build();
+    let guard = Arc::new(PrivacyGuard::new(policy.clone(), role.clone(), unguarded));
+    let at = rules
+        .iter()
+        .position(|rule| rule.name() == "type_coercion")
+        .unwrap_or(rules.len());
+    rules.insert(at, guard.clone());
+    let state = SessionStateBuilder::new_from_existing(state)
+        .with_analyzer_rules(rules)
+        .build();
+    (state, Some(guard))
+}
+
+const GUARD_RULE: &str = "spillway_privacy_guard";
+
+/// Tables given under a new name over a protected table's files (`--table copy=claims/*.csv`)
+/// are guarded as that table.
+fn protected_aliases(
+    policy: &Policy,
+    specs: &[TableSpec],
+) -> std::collections::BTreeMap<String, String> {
+    let mut aliases = std::collections::BTreeMap::new();
+    for spec in specs {
+        if policy.classes(&spec.name).is_some() {
+            continue;
+        }
+        let same_files = specs
+            .iter()
+            .find(|other| other.location == spec.location && policy.classes(&other.name).is_some());
+        if let Some(protected) = same_files {
+            aliases.insert(
+                spec.name.to_ascii_lowercase(),
+                protected.name.to_ascii_lowercase(),
+            );
+        }
+    }
+    aliases
+}
 
 /// The runtime every Spillway session runs on, locally or as a cluster node: one memory pool
 /// (spilling, with its high-water mark), the disk manager (spill folder, cap, merge fan-in) and
@@ -491,10 +648,19 @@ pub(crate) fn physical_rules_for(
 }
 
 /// Register Spillway's functions in `state`, by the names plans refer to them:
-/// `spillway_pack_keys`, and its own `median` and `corr` (replacing DataFusion's). Every node of
-/// a cluster registers them, because plans name functions instead of carrying them.
-pub(crate) fn register_functions(state: &mut SessionState) -> Result<()> {
+/// `spillway_pack_keys`, its own `median` and `corr` (replacing DataFusion's), and the privacy
+/// functions (`pseudonym` with `key`). Every node of a cluster registers them, because plans
+/// name functions instead of carrying them.
+pub(crate) fn register_functions(
+    state: &mut SessionState,
+    key: Option<PseudonymKey>,
+) -> Result<()> {
     state.register_udf(group_keys::pack_keys_udf())?;
+    for udf in crate::privacy::functions::udfs(key) {
+        state.register_udf(udf)?;
+    }
+    // By name, for stage plans of aggregate-only roles that run on a cluster.
+    state.register_udf(crate::privacy::guard::cell_check_udf(Default::default()))?;
     for udaf in crate::engine::aggregate::udafs() {
         state.register_udaf(udaf)?;
     }

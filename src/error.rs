@@ -27,6 +27,8 @@ pub(crate) mod exit_code {
     pub(crate) const RESOURCES: u8 = 7;
     /// An object store or the network failed.
     pub(crate) const STORAGE: u8 = 8;
+    /// The privacy policy refused the statement (a role's rule, or an unwritable audit log).
+    pub(crate) const REFUSED: u8 = 9;
     /// Cancelled by Ctrl-C or SIGTERM.
     pub(crate) const INTERRUPTED: u8 = 130;
 }
@@ -43,6 +45,7 @@ Exit codes:
   6    output cannot be written
   7    resources exhausted: memory limit or spill cap too small for the query
   8    storage or network failure
+  9    refused by the privacy policy ([privacy] in spillway.toml) or its audit log
   130  interrupted (Ctrl-C or SIGTERM)";
 
 /// A failure, classified by who can fix it.
@@ -55,6 +58,7 @@ pub(crate) enum Error {
     Output(String),
     ResourcesExhausted(String),
     Storage(String),
+    Refused(String),
     Interrupted,
     Internal(String),
 }
@@ -73,6 +77,7 @@ impl Error {
             Error::Output(_) => exit_code::OUTPUT,
             Error::ResourcesExhausted(_) => exit_code::RESOURCES,
             Error::Storage(_) => exit_code::STORAGE,
+            Error::Refused(_) => exit_code::REFUSED,
             Error::Interrupted => exit_code::INTERRUPTED,
             Error::Internal(_) => exit_code::INTERNAL,
         }
@@ -95,6 +100,7 @@ impl Error {
             Error::Output(m) => Error::Output(wrap(m)),
             Error::ResourcesExhausted(m) => Error::ResourcesExhausted(wrap(m)),
             Error::Storage(m) => Error::Storage(wrap(m)),
+            Error::Refused(m) => Error::Refused(wrap(m)),
             Error::Interrupted => Error::Interrupted,
             Error::Internal(m) => Error::Internal(wrap(m)),
         }
@@ -111,6 +117,7 @@ impl fmt::Display for Error {
             Error::Output(m) => write!(f, "output: {m}"),
             Error::ResourcesExhausted(m) => write!(f, "resources exhausted: {m}"),
             Error::Storage(m) => write!(f, "storage: {m}"),
+            Error::Refused(m) => write!(f, "refused: {m}"),
             Error::Interrupted => write!(f, "interrupted"),
             Error::Internal(m) => write!(f, "internal error: {m}"),
         }
@@ -279,6 +286,7 @@ impl Error {
             Error::Output(m) => Error::Output(m.clone()),
             Error::ResourcesExhausted(m) => Error::ResourcesExhausted(m.clone()),
             Error::Storage(m) => Error::Storage(m.clone()),
+            Error::Refused(m) => Error::Refused(m.clone()),
             Error::Interrupted => Error::Interrupted,
             Error::Internal(m) => Error::Internal(m.clone()),
         }

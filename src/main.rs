@@ -20,6 +20,7 @@ mod engine;
 mod error;
 mod gen;
 mod output;
+mod privacy;
 mod process;
 mod progress;
 mod query;
@@ -142,5 +143,6 @@ async fn dispatch(cli: Cli, config: ConfigFile, options: EngineOptions) -> Resul
         Command::Serve(args) => cli::serve::serve(args, &config, options).await,
         Command::Password(_) => cli::serve::password(),
         Command::Cluster(command) => cli::cluster::run(command, options).await,
+        Command::Audit(command) => cli::audit::run(command, &config),
     }
 }

@@ -26,6 +26,8 @@ pub(crate) struct RunOptions {
     pub(crate) stats: bool,
     /// Draw a progress bar on stderr.
     pub(crate) progress: bool,
+    /// What the audit log calls this entry point (`query`, `demo`, `report`, `schedule`).
+    pub(crate) entry: &'static str,
 }
 
 /// What one row-returning statement did.
@@ -51,21 +53,81 @@ pub(crate) async fn run_script(
     }
     let mut outcomes = Vec::new();
     for statement in statements {
-        let plan = engine.plan(statement).await?;
-        if Engine::returns_rows(&plan) {
-            let outcome = run_statement(engine, plan, options).await?;
-            if options.stats {
-                eprintln!("{}", outcome.stats);
+        let text = statement.to_string();
+        let mut inputs = Vec::new();
+        let result = async {
+            let plan = engine.plan(statement).await?;
+            inputs = engine.input_files(&plan);
+            if Engine::returns_rows(&plan) {
+                run_statement(engine, plan, options).await.map(Some)
+            } else {
+                drain(engine, plan).await.map(|()| None)
             }
-            if outcome.output.reader_gone {
-                break;
-            }
-            outcomes.push(outcome);
-        } else {
-            drain(engine, plan).await?;
         }
+        .await;
+        audit_statement(engine, options, None, text, Vec::new(), inputs, &result)?;
+        let Some(outcome) = result? else {
+            continue;
+        };
+        if options.stats {
+            eprintln!("{}", outcome.stats);
+        }
+        if outcome.output.reader_gone {
+            break;
+        }
+        outcomes.push(outcome);
     }
     Ok(outcomes)
+}
+
+/// Record a finished (or failed) statement in the audit log, if there is one. A record that
+/// cannot be written fails the statement, and a local file it published is taken back.
+pub(crate) fn audit_statement(
+    engine: &Engine,
+    options: &RunOptions,
+    report: Option<&str>,
+    sql: String,
+    parameters: Vec<(String, String)>,
+    inputs: Vec<crate::privacy::audit::InputFile>,
+    result: &Result<Option<StatementOutcome>>,
+) -> Result<()> {
+    let Some(log) = engine.audit_log() else {
+        return Ok(());
+    };
+    let outcome = result.as_ref().ok().and_then(Option::as_ref);
+    let output = match (&options.output.destination, outcome) {
+        (Destination::File(path), Some(_)) => Some(path.display().to_string()),
+        (Destination::Object(url), Some(_)) => Some(url.clone()),
+        _ => None,
+    };
+    let event = crate::privacy::audit::Event {
+        entry: options.entry.to_string(),
+        user: crate::privacy::audit::os_user(),
+        role: engine.role_name(),
+        client: None,
+        report: report.map(str::to_string),
+        sql,
+        parameters,
+        inputs,
+        rows: outcome.map(|o| o.output.rows).unwrap_or(0),
+        bytes: outcome.map(|o| o.output.bytes).unwrap_or(0),
+        output_sha256: outcome
+            .filter(|o| output.is_some() && !o.output.sha256.is_empty())
+            .map(|o| o.output.sha256.clone()),
+        output,
+        suppressed_groups: outcome.and_then(|o| o.stats.suppressed_groups),
+        outcome: match result {
+            Ok(_) => "ok".into(),
+            Err(error) => format!("error: {error}"),
+        },
+    };
+    if let Err(error) = log.append(&event) {
+        if let (Destination::File(path), Some(_)) = (&options.output.destination, outcome) {
+            let _ = std::fs::remove_file(path);
+        }
+        return Err(error);
+    }
+    Ok(())
 }
 
 /// Whether a statement returns rows, judged before planning (for the `-o` check).
@@ -105,7 +167,11 @@ pub(crate) async fn run_statement(
         Destination::Object(url) => Some(engine.stores().object_target(url)?),
         _ => None,
     };
-    let mut sink = Sink::open(&options.output, schema, object).await?;
+    // With an audit log, the record names the output's SHA-256.
+    let mut spec = options.output.clone();
+    spec.manifest |=
+        engine.audit_log().is_some() && !matches!(spec.destination, Destination::Stdout);
+    let mut sink = Sink::open(&spec, schema, object).await?;
     let bytes_before = engine.counters().bytes();
     let requests_before = engine.counters().requests();
     let done = match attempt(
@@ -154,6 +220,7 @@ pub(crate) async fn run_statement(
         pool_limit: engine.pool_limit(),
         peak_rss: stats::peak_rss(),
         cluster,
+        suppressed_groups: engine.take_suppressed(),
     };
     Ok(StatementOutcome { output, stats })
 }

@@ -66,6 +66,8 @@ pub(crate) struct ReportDefinition {
     /// How many times a failed scheduled run is tried again.
     pub(crate) retries: u32,
     pub(crate) timeout: Option<Duration>,
+    /// `encrypt = true`: the Parquet output is encrypted at rest (see `--encrypt`).
+    pub(crate) encrypt: bool,
 }
 
 /// What a report writes.

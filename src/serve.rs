@@ -31,6 +31,7 @@ use crate::report::ReportDefinition;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Where the server listens unless told otherwise (PostgreSQL's port, loopback only).
@@ -54,6 +55,10 @@ pub(crate) struct ServeOptions {
     pub(crate) tls: Option<(PathBuf, PathBuf)>,
     pub(crate) require_tls: bool,
     pub(crate) users: HashMap<String, Verifier>,
+    /// `[server.users.NAME] role`: the privacy role of each user that names one.
+    pub(crate) roles: HashMap<String, Arc<crate::privacy::Role>>,
+    /// The role of users without one (and of every connection without authentication).
+    pub(crate) default_role: Option<Arc<crate::privacy::Role>>,
 }
 
 /// Serve until Ctrl-C or SIGTERM, then stop accepting and return.

@@ -94,6 +94,8 @@ pub(crate) struct QueryStats {
     /// For a statement that ran on a cluster: what its executors reported (spills and memory
     /// there; `spill` and `peak_pool` above are this process's).
     pub(crate) cluster: Option<crate::cluster::JobTotals>,
+    /// Groups an aggregate-only role's small-cell rule removed (`None`: no such role).
+    pub(crate) suppressed_groups: Option<u64>,
 }
 
 impl fmt::Display for QueryStats {
@@ -122,6 +124,12 @@ impl fmt::Display for QueryStats {
             human_bytes(self.pool_limit)
         )?;
         write!(f, "peak RSS:      {}", human_bytes(self.peak_rss))?;
+        if let Some(groups) = self.suppressed_groups {
+            write!(
+                f,
+                "\nsuppressed:    {groups} groups below the role's min_cell_size"
+            )?;
+        }
         if let Some(cluster) = &self.cluster {
             write!(
                 f,

@@ -42,9 +42,11 @@ pub(crate) async fn run(
             destination: Destination::Stdout,
             max_table_rows: 15,
             manifest: false,
+            encryption: None,
         },
         stats: true,
         progress,
+        entry: "demo",
     };
     for path in queries {
         let sql = std::fs::read_to_string(&path)

@@ -18,6 +18,7 @@ use crate::units::parse_size;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// The engine options: flags (and their `SPILLWAY_*` variables, which clap reads) over the
 /// config file's `[engine]`, over defaults.
@@ -88,6 +89,8 @@ pub(crate) fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<E
             )))
         }
     }
+    options.privacy = crate::privacy::Policy::from_config(&config.privacy)?;
+    options.role = resolve_role(args, options.privacy.as_deref())?;
     if let Some((workers, origin)) =
         pick(&args.workers, &file.workers, "--workers", "engine.workers")
     {
@@ -112,6 +115,35 @@ pub(crate) fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<E
         options.batch_size = *size;
     }
     Ok(options)
+}
+
+/// The role statements of this process run under: `--role` (for the config file's owner
+/// only: anyone else could otherwise lift their own restrictions), else `default_role`.
+fn resolve_role(
+    args: &EngineArgs,
+    policy: Option<&crate::privacy::Policy>,
+) -> Result<Option<Arc<crate::privacy::Role>>> {
+    let Some(policy) = policy else {
+        return match &args.role {
+            Some(role) => Err(Error::Usage(format!(
+                "--role {role}: spillway.toml has no [privacy.roles]"
+            ))),
+            None => Ok(None),
+        };
+    };
+    if let Some(role) = &args.role {
+        let config = args
+            .config
+            .clone()
+            .unwrap_or_else(|| std::path::PathBuf::from(crate::config::DEFAULT_CONFIG_FILE));
+        if !crate::privacy::owns(&config) {
+            return Err(Error::Refused(format!(
+                "--role {role}: only the owner of {} may pick a role; statements run under [privacy] default_role",
+                config.display()
+            )));
+        }
+    }
+    policy.role(args.role.as_deref())
 }
 
 /// Where a setting came from, so its error names the flag or the config key.
@@ -233,7 +265,10 @@ pub(crate) fn sql_text(args: &SqlArgs) -> Result<String> {
 }
 
 /// The output: `-o` (format from its extension unless --format says) or stdout.
-pub(crate) fn output_spec(args: &QueryArgs) -> Result<OutputSpec> {
+pub(crate) fn output_spec(
+    args: &QueryArgs,
+    policy: Option<&crate::privacy::Policy>,
+) -> Result<OutputSpec> {
     let destination = match &args.output {
         Some(path) if path.to_string_lossy().starts_with("s3://") => {
             Destination::Object(path.to_string_lossy().into_owned())
@@ -251,11 +286,16 @@ pub(crate) fn output_spec(args: &QueryArgs) -> Result<OutputSpec> {
         })?,
         (None, None) => OutputFormat::default_for_stdout(),
     };
+    let encryption = match args.encrypt {
+        false => None,
+        true => Some(crate::privacy::output_key("--encrypt", format, policy)?),
+    };
     Ok(OutputSpec {
         format,
         destination,
         max_table_rows: args.max_rows,
         manifest: false,
+        encryption,
     })
 }
 
@@ -265,6 +305,8 @@ pub(crate) fn serve_options(
     args: &ServeArgs,
     section: &ServerSection,
     pool: u64,
+    policy: Option<&crate::privacy::Policy>,
+    default_role: Option<Arc<crate::privacy::Role>>,
 ) -> Result<ServeOptions> {
     let listen_text = pick(&args.listen, &section.listen, "--listen", "server.listen");
     let listen = match &listen_text {
@@ -339,6 +381,7 @@ pub(crate) fn serve_options(
         ));
     }
     let mut users = HashMap::new();
+    let mut roles = HashMap::new();
     for (name, user) in &section.users {
         let key = format!("server.users.{name}");
         let verifier = match (&user.scram, &user.password_env) {
@@ -366,6 +409,19 @@ pub(crate) fn serve_options(
             }
         };
         users.insert(name.clone(), verifier);
+        if let Some(role) = &user.role {
+            let policy = policy.ok_or_else(|| {
+                Error::Config(format!(
+                    "{key}.role = \"{role}\": spillway.toml has no [privacy.roles]"
+                ))
+            })?;
+            let resolved = policy
+                .role(Some(role))
+                .map_err(|e| Error::Config(format!("{key}.role: {e}")))?;
+            if let Some(resolved) = resolved {
+                roles.insert(name.clone(), resolved);
+            }
+        }
     }
     if users.is_empty() && !listen.ip().is_loopback() {
         return Err(Error::Config(format!(
@@ -383,6 +439,8 @@ pub(crate) fn serve_options(
         tls,
         require_tls,
         users,
+        roles,
+        default_role,
     })
 }
 
@@ -426,6 +484,7 @@ mod tests {
             batch_size: None,
             spill_compression: None,
             quiet: false,
+            role: None,
             cluster: None,
             cluster_mode: None,
         };

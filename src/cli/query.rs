@@ -14,12 +14,14 @@ pub(crate) async fn query(
     engine_options: EngineOptions,
     show_progress: bool,
 ) -> Result<()> {
+    let output = options::output_spec(&args, engine_options.privacy.as_deref())?;
     let engine = open(&args.sql, config, engine_options).await?;
     let sql = options::sql_text(&args.sql)?;
     let run_options = RunOptions {
-        output: options::output_spec(&args)?,
+        output,
         stats: args.stats,
         progress: show_progress,
+        entry: "query",
     };
     query::run_script(&engine, &sql, &run_options)
         .await

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 pub(crate) async fn serve(
     args: ServeArgs,
     config: &ConfigFile,
-    options: EngineOptions,
+    mut options: EngineOptions,
 ) -> Result<()> {
     let specs = options::table_specs_from(&args.tables, &[], None, config)?;
     let folder = options::reports_folder(args.queries.as_deref(), config);
@@ -20,7 +20,15 @@ pub(crate) async fn serve(
         Vec::new()
     };
     let pool = crate::engine::memory::pool_size(options.memory_limit);
-    let serve_options = options::serve_options(&args, &config.server, pool)?;
+    // Each connection runs under its user's role; the shared session has none.
+    let default_role = options.role.take();
+    let serve_options = options::serve_options(
+        &args,
+        &config.server,
+        pool,
+        options.privacy.as_deref(),
+        default_role,
+    )?;
     let engine = Engine::open(options, &specs).await?;
     crate::serve::run(engine, specs, reports, serve_options).await
 }

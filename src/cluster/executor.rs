@@ -92,7 +92,7 @@ pub(crate) async fn run(options: EngineOptions, place: ExecutorPlace) -> Result<
         // Some(0): keep the runtime's own pool; any other value makes Ballista carve a pool per
         // task from 70 % of the host's memory, ignoring --memory-limit.
         memory_pool_size: Some(0),
-        override_function_registry: Some(Arc::new(function_registry()?)),
+        override_function_registry: Some(Arc::new(function_registry(&options)?)),
         override_runtime_producer: Some(runtime_producer),
         override_execution_engine: Some(Arc::new(stages)),
         ..ExecutorProcessConfig::default()
@@ -157,9 +157,15 @@ const FLIGHT_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 
 /// Ballista's default functions (those of its client and scheduler sessions) with Spillway's
 /// over them. Ballista's own default registry lacks the nested (`array_*`) functions.
-fn function_registry() -> Result<BallistaFunctionRegistry> {
+/// `pseudonym` carries this executor's own key (`[privacy] key_env` or `key_file` in its
+/// config): keys never travel in a job.
+fn function_registry(options: &EngineOptions) -> Result<BallistaFunctionRegistry> {
     let mut state = default_session_builder(SessionConfig::new_with_ballista())?;
-    engine::register_functions(&mut state)?;
+    let key = match &options.privacy {
+        Some(policy) => policy.pseudonym_key()?,
+        None => None,
+    };
+    engine::register_functions(&mut state, key)?;
     Ok(BallistaFunctionRegistry::from(&state))
 }
 

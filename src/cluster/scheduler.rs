@@ -201,7 +201,7 @@ fn session_builder(options: &EngineOptions) -> Result<SessionBuilder> {
         let mut state = SessionStateBuilder::new_from_existing(state)
             .with_runtime_env(runtime.clone())
             .build();
-        engine::register_functions(&mut state)
+        engine::register_functions(&mut state, None)
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         Ok(state)
     }))

@@ -26,6 +26,7 @@ struct RawHeader {
     schedule: Option<Spanned<RawSchedule>>,
     retries: Option<Spanned<i64>>,
     timeout: Option<Spanned<String>>,
+    encrypt: Option<bool>,
     #[serde(default, deserialize_with = "in_declaration_order")]
     params: Vec<(Spanned<String>, RawParam)>,
 }
@@ -306,6 +307,7 @@ fn build_definition(
         schedule,
         retries,
         timeout,
+        encrypt: raw.encrypt.unwrap_or(false),
     })
 }
 fn build_param(

@@ -279,13 +279,47 @@ impl<'a> ReportRun<'a> {
                 destination: destination(&output)?,
                 max_table_rows: 0,
                 manifest: true,
+                encryption: match report.encrypt {
+                    true => Some(
+                        crate::privacy::output_key(
+                            "encrypt = true",
+                            output_format(report.effective_format()),
+                            context.options.privacy.as_deref(),
+                        )
+                        .map_err(in_report)?,
+                    ),
+                    false => None,
+                },
             },
             stats: false,
             progress: false,
+            entry: if self.scheduled_for.is_some() {
+                "schedule"
+            } else {
+                "report"
+            },
         };
-        let outcome = query::run_statement(&engine, plan, &options)
+        let inputs = engine.input_files(&plan);
+        let result = query::run_statement(&engine, plan, &options)
             .await
-            .map_err(in_report)?;
+            .map(Some)
+            .map_err(in_report);
+        let parameters = self
+            .values
+            .iter()
+            .map(|(name, value)| (name.clone(), value.to_string()))
+            .collect();
+        let sql = report.sql.clone();
+        query::audit_statement(
+            &engine,
+            &options,
+            Some(&report.name),
+            sql,
+            parameters,
+            inputs,
+            &result,
+        )?;
+        let outcome = result?.ok_or_else(|| Error::Internal("no outcome".into()))?;
         let manifest = manifest_json(
             &report.name,
             outcome.output.rows,
@@ -294,6 +328,7 @@ impl<'a> ReportRun<'a> {
             &self.values,
             self.scheduled_for,
             &output,
+            outcome.stats.suppressed_groups,
         );
         let manifest_path = publish_manifest(&engine, &output, manifest).await?;
         Ok(RunSummary {
@@ -365,6 +400,7 @@ pub(crate) fn manifest_json(
     values: &[(String, ParamValue)],
     scheduled_for: Option<DateTime<Utc>>,
     output: &str,
+    suppressed_groups: Option<u64>,
 ) -> String {
     let params: serde_json::Map<String, serde_json::Value> = values
         .iter()
@@ -381,6 +417,11 @@ pub(crate) fn manifest_json(
             .map(|time| time.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         "spillway_version": env!("CARGO_PKG_VERSION"),
     });
+    let mut manifest = manifest;
+    if let (Some(groups), Some(object)) = (suppressed_groups, manifest.as_object_mut()) {
+        // Only for aggregate-only roles: the groups the small-cell rule removed.
+        object.insert("suppressed_groups".into(), groups.into());
+    }
     // Serialising a `Value` built from strings and numbers cannot fail.
     let mut text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
     text.push('\n');
@@ -496,6 +537,7 @@ mod tests {
             &values,
             Some(utc(2024, 2, 1, 11, 0)),
             "out/r.csv",
+            None,
         );
         assert!(text.ends_with('\n'));
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -518,7 +560,7 @@ mod tests {
                 "spillway_version": env!("CARGO_PKG_VERSION"),
             })
         );
-        let manual = manifest_json("r", 0, 0, "", &[], None, "o");
+        let manual = manifest_json("r", 0, 0, "", &[], None, "o", None);
         let parsed: serde_json::Value = serde_json::from_str(&manual).unwrap();
         assert_eq!(parsed["scheduled_for"], serde_json::Value::Null);
     }

@@ -19,6 +19,8 @@ use std::sync::{Arc, Mutex};
 /// Everything that decides a result's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Key {
+    /// The privacy role the result was computed under: another role must not be served it.
+    pub(crate) role: String,
     pub(crate) sql: String,
     pub(crate) parameters: Vec<Option<Vec<u8>>>,
     /// Parameter and result format codes, and client settings such as `DateStyle`.
@@ -197,6 +199,7 @@ mod tests {
 
     fn key(sql: &str) -> Key {
         Key {
+            role: String::new(),
             sql: sql.into(),
             parameters: vec![],
             shape: String::new(),

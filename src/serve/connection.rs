@@ -34,6 +34,11 @@ pub(crate) struct Connection {
     pub(crate) cancel: watch::Receiver<u64>,
     pub(crate) key: (i32, Bytes),
     pub(crate) server: Arc<Server>,
+    /// Who is connected, from where, and the privacy role their statements run under.
+    pub(crate) user: String,
+    pub(crate) peer: String,
+    pub(crate) role: Option<Arc<crate::privacy::Role>>,
+    pub(crate) guard: Option<Arc<crate::privacy::guard::PrivacyGuard>>,
 }
 
 impl Drop for Connection {
@@ -57,9 +62,15 @@ struct Opener(Arc<Server>);
 impl OnAuthenticated for Opener {
     fn opened<C: ClientInfo>(&self, client: &mut C) -> PgWireResult<()> {
         let server = &self.0;
-        let ctx = server
+        let user = client
+            .metadata()
+            .get(pgwire::api::METADATA_USER)
+            .cloned()
+            .unwrap_or_default();
+        let role = server.role_of(&user).cloned();
+        let (ctx, privacy_guard) = server
             .engine
-            .session_with_memory_cap(server.query_memory)
+            .session_with_memory_cap(server.query_memory, role.as_ref())
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
         let service = DfSessionService::new_with_hooks(Arc::new(ctx), server.hooks.clone());
         let (pid, secret) = client.pid_and_secret_key();
@@ -81,18 +92,24 @@ impl OnAuthenticated for Opener {
         }
         server.counters.connections.fetch_add(1, Ordering::Relaxed);
         server.active.fetch_add(1, Ordering::Relaxed);
+        let peer = client.socket_addr().to_string();
+        tracing::info!(
+            peer = %peer,
+            user = %user,
+            role = role.as_ref().map(|r| r.name.as_str()).unwrap_or(""),
+            tls = client.is_secure(),
+            "connection opened"
+        );
         client.session_extensions().insert(Connection {
             service,
             cancel: receiver,
             key,
             server: server.clone(),
+            user,
+            peer,
+            role,
+            guard: privacy_guard,
         });
-        tracing::info!(
-            peer = %client.socket_addr(),
-            user = client.metadata().get(pgwire::api::METADATA_USER).map(String::as_str).unwrap_or(""),
-            tls = client.is_secure(),
-            "connection opened"
-        );
         Ok(())
     }
 }

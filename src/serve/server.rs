@@ -60,6 +60,9 @@ pub(crate) struct Server {
     pub(crate) cache: ResultCache,
     pub(crate) tables: TableWatch,
     pub(crate) users: Arc<Users>,
+    /// Privacy roles by user, and the role of everyone else.
+    pub(crate) roles: HashMap<String, Arc<crate::privacy::Role>>,
+    pub(crate) default_role: Option<Arc<crate::privacy::Role>>,
     pub(crate) require_tls: bool,
     pub(crate) parameters: Arc<DefaultServerParameterProvider>,
     pub(crate) manager: Arc<ConnectionManager>,
@@ -162,6 +165,8 @@ impl Server {
             cache,
             tables,
             users: Arc::new(Users::new(options.users.clone())),
+            roles: options.roles.clone(),
+            default_role: options.default_role.clone(),
             require_tls: options.require_tls,
             parameters: Arc::new(parameters),
             manager: Arc::new(ConnectionManager::new()),
@@ -172,6 +177,11 @@ impl Server {
         });
         late_stats.set(&server);
         Ok(server)
+    }
+
+    /// The privacy role a user's statements run under.
+    pub(crate) fn role_of(&self, user: &str) -> Option<&Arc<crate::privacy::Role>> {
+        self.roles.get(user).or(self.default_role.as_ref())
     }
 
     pub(crate) fn note_refused(&self) {

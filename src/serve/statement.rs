@@ -149,6 +149,8 @@ fn timeout_for(
 /// when they may be cached.
 struct RunningStatement {
     key: Option<Key>,
+    /// The audit record to complete when the statement ends (with an audit log).
+    audit: Option<AuditDraft>,
     started: Instant,
     deadline: Option<(Instant, Duration)>,
     generation: u64,
@@ -171,13 +173,44 @@ impl Queries {
         let deadline = timeout_for(server.statement_timeout, client.metadata())
             .map(|timeout| (started + timeout, timeout));
         let generation = *connection.cancel.borrow();
+        let relations = statement.and_then(guard::cacheable_relations);
+        let log = server.engine.audit_log();
+        let audit = match log.is_some() || connection.guard.is_some() {
+            true => {
+                // Fail before running when the log cannot take the record.
+                if let Some(log) = log {
+                    crate::privacy::audit::AuditLog::open(log.path())
+                        .map_err(|e| user_error("42501", e.to_string()))?;
+                }
+                let tables: std::collections::BTreeSet<String> = relations
+                    .iter()
+                    .flatten()
+                    .flat_map(|relation| server.tables.tables_of(relation).unwrap_or_default())
+                    .collect();
+                Some(AuditDraft {
+                    sql: sql.to_string(),
+                    parameters: parameters
+                        .iter()
+                        .enumerate()
+                        .map(|(i, value)| (format!("${}", i + 1), parameter_text(value.as_deref())))
+                        .collect(),
+                    inputs: server.engine.files_of_tables(&tables),
+                    user: connection.user.clone(),
+                    peer: connection.peer.clone(),
+                    role: connection.role.as_ref().map(|r| r.name.clone()),
+                    guard: connection.guard.clone(),
+                })
+            }
+            false => None,
+        };
         let mut running = RunningStatement {
             key: None,
+            audit,
             started,
             deadline,
             generation,
         };
-        let Some(relations) = statement.and_then(guard::cacheable_relations) else {
+        let Some(relations) = relations else {
             return Ok((running, None));
         };
         let fingerprint = server
@@ -195,6 +228,11 @@ impl Queries {
             }
         }
         let key = Key {
+            role: connection
+                .role
+                .as_ref()
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
             sql: sql.to_string(),
             parameters,
             shape,
@@ -232,8 +270,11 @@ impl Queries {
             }
             None => work.await,
         };
-        if result.is_err() {
+        if let Err(error) = &result {
             self.server.counters.failed.fetch_add(1, Ordering::Relaxed);
+            if let Some(draft) = &running.audit {
+                let _ = draft.record(&self.server, 0, 0, &format!("error: {error}"));
+            }
         }
         result
     }
@@ -276,6 +317,8 @@ impl Queries {
             server: self.server.clone(),
             started: running.started,
             sent: 0,
+            bytes: 0,
+            audit: running.audit.take(),
             done: false,
         };
         let stream = futures::stream::unfold(state, next_row);
@@ -357,7 +400,70 @@ struct RowState {
     server: Arc<Server>,
     started: Instant,
     sent: u64,
+    /// Bytes of the rows sent (counted for the audit log only).
+    bytes: u64,
+    audit: Option<AuditDraft>,
     done: bool,
+}
+
+/// What the audit record of a server statement says, gathered before it runs.
+struct AuditDraft {
+    sql: String,
+    parameters: Vec<(String, String)>,
+    inputs: Vec<crate::privacy::audit::InputFile>,
+    user: String,
+    peer: String,
+    role: Option<String>,
+    guard: Option<Arc<crate::privacy::guard::PrivacyGuard>>,
+}
+
+impl AuditDraft {
+    fn record(
+        &self,
+        server: &Server,
+        rows: u64,
+        bytes: u64,
+        outcome: &str,
+    ) -> crate::error::Result<()> {
+        let suppressed_groups = self
+            .guard
+            .as_ref()
+            .filter(|g| g.role().aggregate_only)
+            .map(|g| g.take_suppressed());
+        if let Some(groups) = suppressed_groups.filter(|g| *g > 0) {
+            tracing::info!(user = %self.user, groups, "small cells suppressed (min_cell_size)");
+        }
+        let Some(log) = server.engine.audit_log() else {
+            return Ok(());
+        };
+        log.append(&crate::privacy::audit::Event {
+            entry: "serve".into(),
+            user: self.user.clone(),
+            role: self.role.clone(),
+            client: Some(self.peer.clone()),
+            report: None,
+            sql: self.sql.clone(),
+            parameters: self.parameters.clone(),
+            inputs: self.inputs.clone(),
+            rows,
+            bytes,
+            output: None,
+            output_sha256: None,
+            suppressed_groups,
+            outcome: outcome.to_string(),
+        })
+    }
+}
+
+/// A parameter as the audit log shows it: its text, or hex for binary values.
+fn parameter_text(value: Option<&[u8]>) -> String {
+    match value {
+        None => "NULL".into(),
+        Some(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => text.to_string(),
+            Err(_) => format!("\\x{}", crate::output::hex(bytes)),
+        },
+    }
 }
 
 async fn cancelled(cancel: &mut watch::Receiver<u64>, generation: u64) {
@@ -394,6 +500,9 @@ async fn next_row(mut state: RowState) -> Option<(PgWireResult<DataRow>, RowStat
     match next {
         Ok(Some(Ok(row))) => {
             state.sent += 1;
+            if state.audit.is_some() {
+                state.bytes += cache::row_bytes(&row) as u64;
+            }
             if let Some(tee) = &mut state.tee {
                 tee.bytes += cache::row_bytes(&row);
                 if tee.bytes > tee.limit {
@@ -421,6 +530,14 @@ async fn next_row(mut state: RowState) -> Option<(PgWireResult<DataRow>, RowStat
                 ms = state.started.elapsed().as_millis() as u64,
                 "statement finished"
             );
+            if let Some(draft) = state.audit.take() {
+                // Unlogged rows are not an answer: the statement fails when its record does.
+                if let Err(error) = draft.record(&state.server, state.sent, state.bytes, "ok") {
+                    state.done = true;
+                    state.server.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    return Some((Err(user_error("42501", error.to_string())), state));
+                }
+            }
             None
         }
         Ok(Some(Err(error))) | Err(error) => {
@@ -431,6 +548,14 @@ async fn next_row(mut state: RowState) -> Option<(PgWireResult<DataRow>, RowStat
             state.producer.0.abort();
             state.rows.close();
             state.server.counters.failed.fetch_add(1, Ordering::Relaxed);
+            if let Some(draft) = state.audit.take() {
+                let _ = draft.record(
+                    &state.server,
+                    state.sent,
+                    state.bytes,
+                    &format!("error: {error}"),
+                );
+            }
             tracing::info!(
                 rows = state.sent,
                 ms = state.started.elapsed().as_millis() as u64,
@@ -495,6 +620,16 @@ impl SimpleQueryHandler for Queries {
             )
             .await?;
         if let Some(entry) = hit {
+            if let Some(draft) = &running.audit {
+                draft
+                    .record(
+                        &self.server,
+                        entry.rows.len() as u64,
+                        entry.bytes as u64,
+                        "ok (cached)",
+                    )
+                    .map_err(|e| user_error("42501", e.to_string()))?;
+            }
             return Ok(vec![Response::Query(entry.response())]);
         }
         let responses = self
@@ -547,6 +682,16 @@ impl ExtendedQueryHandler for Queries {
             .prepare(&*client, &connection, statement, sql, parameters, formats)
             .await?;
         if let Some(entry) = hit {
+            if let Some(draft) = &running.audit {
+                draft
+                    .record(
+                        &self.server,
+                        entry.rows.len() as u64,
+                        entry.bytes as u64,
+                        "ok (cached)",
+                    )
+                    .map_err(|e| user_error("42501", e.to_string()))?;
+            }
             return Ok(Response::Query(entry.response()));
         }
         let response = self

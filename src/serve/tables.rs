@@ -128,7 +128,7 @@ impl TableWatch {
 
     /// The tables a relation name stands for: itself, or what a report reads. `None` for
     /// anything else (catalog tables, unknown names): such results are not cached.
-    fn tables_of(&self, name: &str) -> Option<Vec<String>> {
+    pub(crate) fn tables_of(&self, name: &str) -> Option<Vec<String>> {
         if self.specs.contains_key(name) {
             return Some(vec![name.to_string()]);
         }

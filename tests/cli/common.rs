@@ -18,7 +18,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn from_output(output: Output) -> Outcome {
+    pub fn from_output(output: Output) -> Outcome {
         Outcome {
             code: output.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -9,6 +9,7 @@ mod memory;
 mod output;
 mod paths;
 mod pipe;
+mod privacy;
 mod query;
 mod reports;
 mod s3;

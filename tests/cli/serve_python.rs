@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
 
-fn python() -> PathBuf {
+pub fn python() -> PathBuf {
     let path = std::env::var_os("SPILLWAY_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
