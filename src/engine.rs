@@ -347,9 +347,16 @@ impl Engine {
         Ok(statements.into_iter().collect())
     }
 
-    /// Plan one statement.
+    /// Plan one statement. A statement the privacy policy refuses is refused here, before
+    /// any output is opened (the guard runs again, as an analyzer rule, when it executes).
     pub(crate) async fn plan(&self, statement: Statement) -> Result<LogicalPlan> {
-        Ok(self.ctx.state().statement_to_plan(statement).await?)
+        let state = self.ctx.state();
+        let plan = state.statement_to_plan(statement).await?;
+        if let Some(guard) = &self.guard {
+            use datafusion::optimizer::AnalyzerRule;
+            guard.analyze(plan.clone(), state.config_options())?;
+        }
+        Ok(plan)
     }
 
     /// Bind named parameter values (`$name` placeholders) into a plan: values travel as typed
