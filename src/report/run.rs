@@ -181,6 +181,8 @@ pub(crate) struct ReportRun<'a> {
     pub(crate) scheduled_for: Option<DateTime<Utc>>,
     pub(crate) attempt: u32,
     pub(crate) run_id: i64,
+    /// Who started it, for the audit log: `report` (by hand) or `schedule` (the daemon).
+    pub(crate) entry: &'static str,
 }
 
 impl<'a> ReportRun<'a> {
@@ -201,6 +203,7 @@ impl<'a> ReportRun<'a> {
             scheduled_for,
             attempt,
             run_id,
+            entry: "report",
         })
     }
 
@@ -293,11 +296,7 @@ impl<'a> ReportRun<'a> {
             },
             stats: false,
             progress: false,
-            entry: if self.scheduled_for.is_some() {
-                "schedule"
-            } else {
-                "report"
-            },
+            entry: self.entry,
         };
         let inputs = engine.input_files(&plan);
         let result = query::run_statement(&engine, plan, &options)
@@ -473,7 +472,10 @@ impl Runner for ReportRunner {
             Some(scheduled_for),
             attempt,
         ) {
-            Ok(run) => run,
+            Ok(run) => ReportRun {
+                entry: "schedule",
+                ..run
+            },
             Err(error) => return RunOutcome::Failed(error.to_string()),
         };
         let key = (run.report.name.clone(), scheduled_for, run.attempt);

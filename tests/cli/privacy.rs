@@ -107,6 +107,14 @@ role = "owner"
 "#
         ),
     );
+    ws.write(
+        "queries/member_fills.sql",
+        "/* report\nname = \"member_fills\"\n*/\nSELECT member_id, count(*) AS fills FROM claims GROUP BY member_id\n",
+    );
+    ws.write(
+        "queries/plan_members.sql",
+        "/* report\nname = \"plan_members\"\n[params.plan]\ntype = \"string\"\ndefault = \"none\"\n*/\nSELECT member_id, claim_id FROM claims WHERE plan_id = $plan\n",
+    );
     Setup { ws, claims, plans }
 }
 
@@ -411,6 +419,19 @@ async fn roles_hold_over_psql_tokio_postgres_and_psycopg_and_the_cache_never_cro
             "psql {sql}:\n{stdout}"
         );
     }
+    // Report views and table functions read the masked rows too.
+    for sql in [
+        "SELECT * FROM member_fills".to_string(),
+        format!("SELECT * FROM plan_members('{}')", plans[0]),
+    ] {
+        let out = server.psql(&analyst, Some(ANALYST_PASSWORD), &["-c", &sql]);
+        let stdout = out.success();
+        assert!(!stdout.trim().is_empty(), "{sql}: no rows");
+        assert!(
+            !holds_raw_member_id(stdout.as_bytes()),
+            "psql {sql}:\n{stdout}"
+        );
+    }
     let cursor = server.psql(
         &analyst,
         Some(ANALYST_PASSWORD),
@@ -610,7 +631,7 @@ async fn roles_hold_over_psql_tokio_postgres_and_psycopg_and_the_cache_never_cro
 
 #[test]
 fn query_and_report_runs_are_audited_and_an_unwritable_log_fails_the_statement() {
-    let Setup { ws, .. } = setup(500);
+    let Setup { ws, claims, .. } = setup(500);
     std::fs::create_dir_all(ws.path("out")).unwrap();
     let out = query(
         &ws,
@@ -639,6 +660,46 @@ fn query_and_report_runs_are_audited_and_an_unwritable_log_fails_the_statement()
     assert_eq!(last["output_sha256"], digest.as_str());
     assert_eq!(last["inputs"].as_array().unwrap().len(), 2);
     assert!(verify(&ws).success().contains("chain intact"));
+
+    // A report run by the aggregate-only role: one member per group, so every group is
+    // suppressed, and the manifest and the audit record say how many.
+    let members: BTreeSet<&str> = claims.iter().map(|c| c.member_id.as_str()).collect();
+    let mut command = ws.command();
+    command.env("TEST_PSEUDONYM_KEY", KEY).args([
+        "report",
+        "run",
+        "member_fills",
+        "--queries",
+        "queries",
+        "--role",
+        "actuary",
+        "--at",
+        "2026-12-01",
+    ]);
+    crate::common::Outcome::from_output(command.output().unwrap()).success();
+    let manifest: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(ws.path("reports/member_fills/_SUCCESS-2026-12-01.csv.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(manifest["rows"], 0);
+    assert_eq!(manifest["suppressed_groups"], members.len() as u64);
+    let shown = ws.run(&["audit", "show", "--json"]);
+    let last: serde_json::Value =
+        serde_json::from_str(shown.success().lines().last().unwrap()).unwrap();
+    assert_eq!(last["entry"], "report");
+    assert_eq!(last["report"], "member_fills");
+    assert_eq!(last["role"], "actuary");
+    assert_eq!(last["suppressed_groups"], members.len() as u64);
+    let listed = ws.run(&["audit", "show", "--user", "nobody-of-that-name"]);
+    assert!(listed.success().is_empty());
+
+    // DataFusion's hashing functions are built in.
+    let md5 = query(&ws, &["--format", "csv", "SELECT md5('abc') AS h"]);
+    assert_eq!(
+        md5.success().lines().nth(1),
+        Some("900150983cd24fb0d6963f7d28e17f72")
+    );
 
     // A log that cannot be written: no statement runs and no output appears.
     std::fs::remove_file(ws.path("audit/audit.jsonl")).unwrap();
