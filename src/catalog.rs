@@ -1,10 +1,13 @@
 //! Table specs and how they become DataFusion listing tables.
 //!
 //! A [`TableSpec`] says where a table's files are and how to read them (format, CSV dialect,
-//! compression, hive partition columns, explicit schema or bounded inference). [`register`]
+//! compression, hive partition columns, explicit schema or bounded inference, the CSV dialect
+//! and digit-string columns sniffed from a sample: `sniff`). [`register`]
 //! resolves its location through `storage`, settles the format and the schema, checks that the
 //! files agree with each other (naming both files and the column when they do not), and
 //! registers a `ListingTable`. Must not read table data beyond the bounded schema sample.
+
+pub(crate) mod sniff;
 
 use crate::config::{single_byte, ColumnType, S3Settings, TableSection};
 use crate::error::{Error, Result};
@@ -22,6 +25,7 @@ use datafusion::logical_expr::{cast, when, Expr};
 use datafusion::prelude::{ident, lit, SessionContext};
 use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 /// Rows read per file to infer a schema when none is given.
@@ -39,6 +43,15 @@ pub(crate) enum TableFormat {
 }
 
 impl TableFormat {
+    /// The name `spillway.toml` uses.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            TableFormat::Csv => "csv",
+            TableFormat::Parquet => "parquet",
+            TableFormat::NdJson => "ndjson",
+        }
+    }
+
     /// Parse a format name from the config or a flag.
     pub(crate) fn parse(text: &str) -> std::result::Result<TableFormat, String> {
         match text.trim().to_ascii_lowercase().as_str() {
@@ -115,6 +128,8 @@ fn detect_from_name(name: &str) -> Option<(TableFormat, Compression, bool)> {
 #[derive(Debug, Clone)]
 pub(crate) struct CsvDialect {
     pub(crate) header: bool,
+    /// Whether the table's settings say `header` (else it is sniffed from the first file).
+    pub(crate) header_set: bool,
     pub(crate) delimiter: Option<u8>,
     pub(crate) quote: u8,
     pub(crate) escape: Option<u8>,
@@ -126,6 +141,7 @@ impl Default for CsvDialect {
     fn default() -> Self {
         Self {
             header: true,
+            header_set: false,
             delimiter: None,
             quote: b'"',
             escape: None,
@@ -196,6 +212,7 @@ impl TableSpec {
         };
         if let Some(header) = section.header {
             spec.csv.header = header;
+            spec.csv.header_set = true;
         }
         if let Some(delimiter) = &section.delimiter {
             spec.csv.delimiter = Some(single_byte(&key("delimiter"), delimiter)?);
@@ -221,7 +238,9 @@ impl TableSpec {
 /// What was registered for a table: its resolved files (for progress totals and diagnostics).
 #[derive(Debug, Clone)]
 pub(crate) struct RegisteredTable {
+    /// As registered: with the CSV dialect sniffed from the first file filled in.
     pub(crate) spec: TableSpec,
+    pub(crate) format: TableFormat,
     pub(crate) resolved: ResolvedLocation,
     pub(crate) schema: SchemaRef,
     listing_format: Arc<dyn FileFormat>,
@@ -280,6 +299,19 @@ pub(crate) async fn register(
     let in_table = |e: Error| e.context(format!("table `{}`", spec.name));
     let (location, mut resolved) = list_files(store, spec).await?;
     let (format, compression, tab) = settle_format(spec, &resolved).map_err(in_table)?;
+    let sniffing = format == TableFormat::Csv && compression == Compression::None;
+    let spec = &match (sniffing, resolved.files.first()) {
+        (true, Some(first)) => {
+            let mut sniffed = spec.clone();
+            if tab {
+                sniffed.csv.delimiter.get_or_insert(b'\t');
+            }
+            let sample = sniff::sample(store, first).await.map_err(in_table)?;
+            sniffed.csv = sniff::dialect(&sample, sniffed.csv);
+            sniffed
+        }
+        _ => spec.clone(),
+    };
     let extension = data_extension(&resolved, format, compression, tab);
     if location.is_folder() && location.pattern.is_none() {
         resolved
@@ -297,6 +329,17 @@ pub(crate) async fn register(
     )
     .await
     .map_err(in_table)?;
+    let schema = match sniffing
+        && spec
+            .schema
+            .as_ref()
+            .is_none_or(|named| named.fields().len() != schema.fields().len())
+    {
+        true => keep_digit_strings_as_text(store, spec, &resolved, schema)
+            .await
+            .map_err(in_table)?,
+        false => schema,
+    };
     let partition_columns = spec
         .partition_columns
         .iter()
@@ -337,10 +380,55 @@ pub(crate) async fn register(
         .map_err(|e| in_table(e.into()))?;
     Ok(RegisteredTable {
         spec: spec.clone(),
+        format,
         resolved,
         schema: file_schema,
         listing_format,
     })
+}
+
+/// The inferred schema with the columns whose sampled values are digit strings that must
+/// stay text (leading zeros, wide fixed-width codes: see `sniff`) read as text; columns a
+/// (partial) schema names keep their configured types.
+async fn keep_digit_strings_as_text(
+    store: &Arc<dyn ObjectStore>,
+    spec: &TableSpec,
+    resolved: &ResolvedLocation,
+    schema: SchemaRef,
+) -> Result<SchemaRef> {
+    let columns: BTreeSet<usize> = futures::stream::iter(resolved.files.clone())
+        .map(|meta| {
+            let (store, dialect, rows) = (store.clone(), spec.csv.clone(), spec.infer_rows);
+            async move {
+                let sample = sniff::sample(&store, &meta).await?;
+                Ok::<_, Error>(sniff::text_columns(&sample, &dialect, rows))
+            }
+        })
+        .buffered(SCHEMA_CHECK_CONCURRENCY)
+        .try_fold(BTreeSet::new(), |mut all, some| async move {
+            all.extend(some);
+            Ok(all)
+        })
+        .await?;
+    let named = |name: &str| {
+        spec.schema
+            .as_ref()
+            .is_some_and(|named| named.field_with_name(name).is_ok())
+    };
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .enumerate()
+        .map(|(index, field)| {
+            let numeric = field.data_type().is_numeric();
+            if columns.contains(&index) && numeric && !named(field.name()) {
+                Field::new(field.name(), DataType::Utf8, true)
+            } else {
+                field.as_ref().clone()
+            }
+        })
+        .collect();
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 /// The same columns, all read as text.
@@ -552,6 +640,22 @@ pub(crate) fn explicit_schema(columns: &[(String, ColumnType)]) -> SchemaRef {
         .map(|(name, column_type)| Field::new(name, arrow_type(*column_type), true))
         .collect();
     Arc::new(Schema::new(fields))
+}
+
+/// The name `spillway.toml` gives a column type (`string`, `int64`, `decimal(12,2)`, ...);
+/// types it has no name for are shown as Arrow names them.
+pub(crate) fn config_type_name(data_type: &DataType) -> String {
+    match data_type {
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "string".into(),
+        DataType::Boolean => "bool".into(),
+        DataType::Int32 => "int32".into(),
+        DataType::Int64 => "int64".into(),
+        DataType::Float64 => "float64".into(),
+        DataType::Date32 => "date".into(),
+        DataType::Timestamp(..) => "timestamp".into(),
+        DataType::Decimal128(precision, scale) => format!("decimal({precision},{scale})"),
+        other => other.to_string(),
+    }
 }
 
 fn arrow_type(column_type: ColumnType) -> DataType {

@@ -6,6 +6,7 @@ pub(crate) mod audit;
 pub(crate) mod cluster;
 pub(crate) mod demo;
 pub(crate) mod gen;
+pub(crate) mod inspect;
 pub(crate) mod options;
 pub(crate) mod query;
 pub(crate) mod report;
@@ -123,6 +124,38 @@ pub(crate) enum Command {
     /// The privacy audit log ([privacy] audit_log): check its hash chain, or show its records
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// A table's columns and types (a table of spillway.toml, or a file, folder or glob);
+    /// --toml prints a [tables.NAME] block to paste into spillway.toml
+    #[command(after_help = EXIT_CODES_HELP)]
+    Describe(DescribeArgs),
+    /// Per column: type, nulls, min, max, approximate distinct count, and for numbers mean and
+    /// quartiles, in one pass under the memory limit
+    #[command(after_help = EXIT_CODES_HELP)]
+    Profile(ProfileArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DescribeArgs {
+    /// A table of spillway.toml, or a file, folder or glob (local or s3://)
+    pub(crate) target: String,
+    /// Print a [tables.NAME] block with every column's type, ready for spillway.toml
+    #[arg(long)]
+    pub(crate) toml: bool,
+    /// Rows read per file to infer the types [default: 1000]
+    #[arg(long, value_name = "ROWS")]
+    pub(crate) infer_rows: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ProfileArgs {
+    /// A table of spillway.toml, or a file, folder or glob (local or s3://)
+    pub(crate) target: String,
+    /// Output format [default: table on a terminal, csv when piped]
+    #[arg(long, value_name = "FORMAT", value_parser = parse_output_format)]
+    pub(crate) format: Option<OutputFormat>,
+    /// Rows read per file to infer the types [default: 1000]
+    #[arg(long, value_name = "ROWS")]
+    pub(crate) infer_rows: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]

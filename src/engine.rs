@@ -322,6 +322,12 @@ impl Engine {
         registered
     }
 
+    /// What was registered for the table `name`.
+    pub(crate) fn registered(&self, name: &str) -> Option<RegisteredTable> {
+        let tables = self.tables.lock().ok()?;
+        tables.iter().find(|table| table.spec.name == name).cloned()
+    }
+
     /// The files behind a table now, listed as registration lists them: the server compares
     /// them with what it registered to notice changed files.
     pub(crate) async fn list_table(&self, spec: &TableSpec) -> Result<ResolvedLocation> {

@@ -45,7 +45,6 @@ use std::path::{Path, PathBuf};
 
 use chrono::NaiveDate;
 
-use datafusion::arrow::datatypes::DataType;
 use datafusion::arrow::error::ArrowError;
 use datafusion::parquet::errors::ParquetError;
 
@@ -210,27 +209,11 @@ pub(crate) fn claims_table_config(opts: &ClaimsOptions) -> String {
     if opts.format == GenFormat::Csv {
         text.push_str("\n[tables.claims.schema]\n");
         for field in claims_schema().fields() {
-            let type_name = config_type(field.data_type());
+            let type_name = crate::catalog::config_type_name(field.data_type());
             text.push_str(&format!("{} = \"{type_name}\"\n", field.name()));
         }
     }
     text
-}
-
-/// The name `spillway.toml` gives a column type.
-fn config_type(data_type: &DataType) -> String {
-    match data_type {
-        DataType::Utf8 => "string".into(),
-        DataType::Boolean => "bool".into(),
-        DataType::Int32 => "int32".into(),
-        DataType::Int64 => "int64".into(),
-        DataType::Float64 => "float64".into(),
-        DataType::Date32 => "date".into(),
-        DataType::Timestamp(..) => "timestamp".into(),
-        DataType::Decimal128(precision, scale) => format!("decimal({precision},{scale})"),
-        // No generated table has other types; a unit test reads every claims column back.
-        other => other.to_string(),
-    }
 }
 
 /// Writes the H2O db-benchmark group-by table into `opts.out`.

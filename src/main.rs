@@ -19,6 +19,7 @@ mod config;
 mod engine;
 mod error;
 mod gen;
+mod inspect;
 mod output;
 mod privacy;
 mod process;
@@ -144,5 +145,7 @@ async fn dispatch(cli: Cli, config: ConfigFile, options: EngineOptions) -> Resul
         Command::Password(_) => cli::serve::password(),
         Command::Cluster(command) => cli::cluster::run(command, options).await,
         Command::Audit(command) => cli::audit::run(command, &config),
+        Command::Describe(args) => cli::inspect::describe(args, &config, options).await,
+        Command::Profile(args) => cli::inspect::profile(args, &config, options).await,
     }
 }

@@ -1,0 +1,245 @@
+//! What a sample of a CSV file says before DataFusion infers its types: the dialect (delimiter,
+//! quote, whether the first row is a header) and the columns that must stay text although
+//! their values look like numbers.
+//!
+//! DataFusion's inference reads `00002143380` as the number 2143380: an NDC, a ZIP or an
+//! account number loses its leading zeros, and a 10-digit NPI becomes a number that sums. A
+//! column whose sampled values include a digit string with a leading zero, or whose digit
+//! strings all have one fixed width of 10 or more, is kept as text (DuckDB does the same).
+//! Reads only the first bytes of each file (`SAMPLE_BYTES`) and must not decide anything a
+//! table's settings say explicitly.
+
+use crate::catalog::CsvDialect;
+use crate::error::{Error, Result};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// Bytes read from the start of a file to sniff it: enough for the 1,000 rows inference reads
+/// of claims-like files (about 130 bytes a row).
+pub(crate) const SAMPLE_BYTES: u64 = 1 << 20;
+
+/// Delimiters tried, in order of preference when two fit equally.
+const DELIMITERS: [u8; 4] = [b',', b'|', b'\t', b';'];
+
+/// The first bytes of a file, cut after its last complete line.
+pub(crate) async fn sample(store: &Arc<dyn ObjectStore>, meta: &ObjectMeta) -> Result<Vec<u8>> {
+    let end = meta.size.min(SAMPLE_BYTES);
+    if end == 0 {
+        return Ok(Vec::new());
+    }
+    let bytes = store
+        .get_range(&meta.location, 0..end)
+        .await
+        .map_err(|e| Error::from(datafusion::error::DataFusionError::ObjectStore(Box::new(e))))
+        .map_err(|e| e.context(format!("file `{}`", meta.location)))?;
+    let mut bytes = bytes.to_vec();
+    if end < meta.size {
+        match bytes.iter().rposition(|b| *b == b'\n') {
+            Some(last) => bytes.truncate(last + 1),
+            None => bytes.clear(),
+        }
+    }
+    Ok(bytes)
+}
+
+/// The records of a sample under a dialect (at most `limit`).
+fn records(sample: &[u8], delimiter: u8, quote: u8, limit: usize) -> Vec<Vec<String>> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .delimiter(delimiter)
+        .quote(quote)
+        .flexible(true)
+        .from_reader(sample);
+    reader
+        .records()
+        .take(limit)
+        .filter_map(|record| record.ok())
+        .map(|record| record.iter().map(str::to_string).collect())
+        .collect()
+}
+
+/// Fill in what the table's settings leave open: the delimiter (`,` `|` tab `;`, whichever
+/// splits the sample's rows into the same number of fields, more than one) and whether the
+/// first row is a header (it is when some column's values below are numbers or dates and its
+/// first value is not, or when every first value is text and differs from the rest).
+pub(crate) fn dialect(sample: &[u8], mut dialect: CsvDialect) -> CsvDialect {
+    if sample.is_empty() {
+        return dialect;
+    }
+    if dialect.delimiter.is_none() {
+        dialect.delimiter = best_delimiter(sample, dialect.quote);
+    }
+    if !dialect.header_set {
+        let delimiter = dialect.delimiter.unwrap_or(b',');
+        let rows = records(sample, delimiter, dialect.quote, 200);
+        dialect.header = looks_like_header(&rows);
+    }
+    dialect
+}
+
+fn best_delimiter(sample: &[u8], quote: u8) -> Option<u8> {
+    let mut best: Option<(u8, usize, usize)> = None;
+    for delimiter in DELIMITERS {
+        let rows = records(sample, delimiter, quote, 200);
+        if rows.len() < 1 {
+            continue;
+        }
+        let width = rows[0].len();
+        if width < 2 {
+            continue;
+        }
+        let consistent = rows.iter().filter(|row| row.len() == width).count();
+        // Every row (a ragged last line aside) must split the same way.
+        if consistent + 1 < rows.len() {
+            continue;
+        }
+        let better = match best {
+            None => true,
+            Some((_, best_width, best_rows)) => (consistent, width) > (best_rows, best_width),
+        };
+        if better {
+            best = Some((delimiter, width, consistent));
+        }
+    }
+    best.map(|(delimiter, _, _)| delimiter)
+}
+
+/// What a value looks like, for telling a header from data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Empty,
+    Number,
+    Date,
+    Text,
+}
+
+fn kind(value: &str) -> Kind {
+    let value = value.trim();
+    if value.is_empty() {
+        return Kind::Empty;
+    }
+    if value.parse::<f64>().is_ok() {
+        return Kind::Number;
+    }
+    let bytes = value.as_bytes();
+    if bytes.len() >= 10
+        && bytes[4] == b'-'
+        && bytes[7] == b'-'
+        && bytes[..4].iter().all(u8::is_ascii_digit)
+    {
+        return Kind::Date;
+    }
+    Kind::Text
+}
+
+fn looks_like_header(rows: &[Vec<String>]) -> bool {
+    let Some((first, rest)) = rows.split_first() else {
+        return true;
+    };
+    if rest.is_empty() {
+        // One row: a header if every value is text.
+        return first.iter().all(|v| kind(v) == Kind::Text);
+    }
+    if first
+        .iter()
+        .any(|v| matches!(kind(v), Kind::Number | Kind::Date | Kind::Empty))
+    {
+        return false;
+    }
+    let mut votes_for = 0;
+    let mut votes_against = 0;
+    for (column, name) in first.iter().enumerate() {
+        let below: Vec<Kind> = rest
+            .iter()
+            .filter_map(|row| row.get(column))
+            .map(|v| kind(v))
+            .filter(|k| *k != Kind::Empty)
+            .collect();
+        let Some(&common) = below.first() else {
+            continue;
+        };
+        if below.iter().all(|k| *k == common) && common != Kind::Text {
+            votes_for += 1;
+        } else if rest.iter().any(|row| row.get(column) == Some(name)) {
+            votes_against += 1;
+        } else {
+            votes_for += 1;
+        }
+    }
+    votes_for > votes_against
+}
+
+/// The columns (by index) whose sampled values must stay text: a digit string with a leading
+/// zero anywhere, or digit strings of one fixed width of 10 or more in every non-empty value.
+pub(crate) fn text_columns(sample: &[u8], dialect: &CsvDialect, limit: usize) -> BTreeSet<usize> {
+    let delimiter = dialect.delimiter.unwrap_or(b',');
+    let rows = records(sample, delimiter, dialect.quote, limit + 1);
+    let data = if dialect.header {
+        rows.get(1..).unwrap_or(&[])
+    } else {
+        &rows[..]
+    };
+    let width = data.iter().map(Vec::len).max().unwrap_or(0);
+    let mut keep = BTreeSet::new();
+    for column in 0..width {
+        let values: Vec<&str> = data
+            .iter()
+            .filter_map(|row| row.get(column))
+            .map(|v| v.trim())
+            .filter(|v| !v.is_empty() && !dialect.null_values.iter().any(|n| n == v))
+            .collect();
+        if values.is_empty() {
+            continue;
+        }
+        let digits = |v: &&str| v.bytes().all(|b| b.is_ascii_digit());
+        let leading_zero = values
+            .iter()
+            .any(|v| v.len() > 1 && v.starts_with('0') && digits(v));
+        let fixed_wide = values.iter().all(digits)
+            && values[0].len() >= 10
+            && values.iter().all(|v| v.len() == values[0].len());
+        if leading_zero || fixed_wide {
+            keep.insert(column);
+        }
+    }
+    keep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sniff(text: &str) -> CsvDialect {
+        dialect(text.as_bytes(), CsvDialect::default())
+    }
+
+    #[test]
+    fn the_delimiter_is_the_one_that_splits_every_row_alike() {
+        assert_eq!(sniff("a|b|c\n1|2,5|3\n4|5|6\n").delimiter, Some(b'|'));
+        assert_eq!(sniff("a\tb\n1\t2\n").delimiter, Some(b'\t'));
+        assert_eq!(sniff("a;b\n1,5;2\n3;4\n").delimiter, Some(b';'));
+        assert_eq!(sniff("a,b\n\"x;y\",2\n").delimiter, Some(b','));
+    }
+
+    #[test]
+    fn a_header_is_text_above_numbers_and_a_numeric_first_row_is_data() {
+        assert!(sniff("claim_id,member_id,cost\n1,M1,2.5\n2,M2,3\n").header);
+        assert!(!sniff("1,M1,2.5\n2,M2,3\n").header);
+        assert!(!sniff("00002143380,2024-01-01\n00003143380,2024-01-02\n").header);
+        let mut given = CsvDialect::default();
+        given.header = false;
+        given.header_set = true;
+        assert!(!dialect(b"a,b\n1,2\n", given).header);
+    }
+
+    #[test]
+    fn leading_zeros_and_wide_fixed_width_digits_stay_text() {
+        let sample = b"ndc,npi,days,zip,amount\n00002143380,1234567890,30,02139,10\n51234567890,1987654321,90,94105,20\n";
+        let dialect = sniff(std::str::from_utf8(sample).unwrap());
+        assert_eq!(
+            text_columns(sample, &dialect, 1000),
+            BTreeSet::from([0, 1, 3])
+        );
+    }
+}
