@@ -259,6 +259,31 @@ impl RegisteredTable {
     }
 }
 
+/// A value that breaks its column's inferred type: say which schema line fixes it. The
+/// message names the column by position (DataFusion's reader) or by name (Spillway's).
+pub(crate) fn suggest_schema(error: Error, table: &RegisteredTable) -> Error {
+    let Error::Input(message) = &error else {
+        return error;
+    };
+    if !message.contains("Error while parsing value") {
+        return error;
+    }
+    let column = message
+        .split("for column ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse::<usize>().ok())
+        .and_then(|index| table.schema.fields().get(index))
+        .map(|field| field.name().clone());
+    match column {
+        Some(name) if table.spec.schema.is_none() => Error::Input(format!(
+            "{message}; the type was inferred from the first rows: if `{name}` holds text, add `{name} = \"string\"` under [tables.{}.schema] in spillway.toml (`spillway describe --toml` prints the whole block)",
+            table.spec.name
+        )),
+        _ => error,
+    }
+}
+
 /// Where a table's files are listed from: its location, or for a hive-partitioned table its
 /// root folder. Errors name the table.
 pub(crate) fn listing_location(spec: &TableSpec) -> Result<Location> {

@@ -507,10 +507,11 @@ impl Engine {
                     continue;
                 }
                 if let Err(error) = read_all(&probe).await {
-                    return Some(error.context(format!(
+                    let error = error.context(format!(
                         "table `{}`, file `{}`",
                         table.spec.name, file.location
-                    )));
+                    ));
+                    return Some(catalog::suggest_schema(error, table));
                 }
             }
         }

@@ -5,6 +5,7 @@ mod cluster;
 mod common;
 mod errors;
 mod gen;
+mod inspect;
 mod memory;
 mod output;
 mod paths;

@@ -1,0 +1,132 @@
+//! A new user's first files: inference that keeps codes as text, a sniffed dialect, and
+//! `describe` / `profile` to see a table before writing SQL. Expected values are written by
+//! hand or folded from the generated CSV read independently.
+
+use crate::common::{read_claims_csv, Workspace};
+use std::collections::BTreeSet;
+
+/// A payer extract as vendors send it: pipe-delimited, no header, NDCs and ZIPs with leading
+/// zeros, 10-digit NPIs.
+const EXTRACT: &str = "00002143380|1234567890|02139|30|12.50\n\
+51234567890|1987654321|94105|90|7.25\n\
+00093505601|1003000126|00501|30|3.10\n";
+
+#[test]
+fn codes_keep_their_leading_zeros_and_the_dialect_is_sniffed() {
+    let ws = Workspace::new();
+    ws.write("extract.txt", EXTRACT);
+    let out = ws.run(&[
+        "query",
+        "--table",
+        "x=extract.txt",
+        "--table-format",
+        "x=csv",
+        "--format",
+        "csv",
+        "SELECT column_1, column_2, column_3, column_4 * 2 AS twice FROM x ORDER BY column_1",
+    ]);
+    assert_eq!(
+        out.success(),
+        "column_1,column_2,column_3,twice\n\
+         00002143380,1234567890,02139,60\n\
+         00093505601,1003000126,00501,60\n\
+         51234567890,1987654321,94105,180\n"
+    );
+}
+
+#[test]
+fn describe_prints_the_types_and_a_block_that_reads_the_file_the_same_way() {
+    let ws = Workspace::new();
+    ws.write(
+        "payer.csv",
+        "ndc;npi;days;cost\n00002143380;1234567890;30;12.50\n51234567890;1987654321;90;7.25\n",
+    );
+    let described = ws.run(&["describe", "--format-is-not-a-flag"]);
+    assert_eq!(described.code, 2, "unknown flags are usage errors");
+    let table = ws.run(&["describe", "payer.csv"]);
+    assert_eq!(
+        table.success(),
+        "column,type,nullable\nndc,string,yes\nnpi,string,yes\ndays,int64,yes\ncost,float64,yes\n"
+    );
+    let block = ws.run(&["describe", "--toml", "payer.csv"]);
+    let block = block.success();
+    assert!(
+        block.starts_with(
+            "[tables.payer]\nlocation = \"payer.csv\"\nformat = \"csv\"\ndelimiter = \";\"\n"
+        ),
+        "{block}"
+    );
+    assert!(block.contains("[tables.payer.schema]\nndc = \"string\"\nnpi = \"string\"\ndays = \"int64\"\ncost = \"float64\"\n"), "{block}");
+    ws.write("spillway.toml", block);
+    let read = ws.run(&[
+        "query",
+        "--format",
+        "csv",
+        "SELECT ndc, days FROM payer ORDER BY ndc",
+    ]);
+    assert_eq!(read.success(), "ndc,days\n00002143380,30\n51234567890,90\n");
+    // `DESCRIBE` in SQL answers the same.
+    let sql = ws.run(&["query", "--format", "csv", "DESCRIBE payer"]);
+    assert!(sql.success().contains("ndc,Utf8"), "{}", sql.stdout);
+}
+
+#[test]
+fn a_later_row_that_breaks_the_inferred_type_names_the_file_line_column_and_the_fix() {
+    let ws = Workspace::new();
+    let mut text = String::from("id,code,amount\n");
+    for i in 1..3000 {
+        text.push_str(&format!("{i},{},{}.5\n", i % 7, i));
+    }
+    text.push_str("3000,X7,2.0\n");
+    ws.write("late.csv", text);
+    let out = ws.run(&[
+        "query",
+        "--table",
+        "late=late.csv",
+        "SELECT sum(code) FROM late",
+    ]);
+    let message = out.failure(5);
+    assert!(message.contains("late.csv"), "{message}");
+    assert!(message.contains("line 3000"), "{message}");
+    assert!(
+        message.contains("add `code = \"string\"` under [tables.late.schema]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn profile_gives_each_columns_nulls_range_distinct_count_and_mean_in_one_pass() {
+    let ws = Workspace::new();
+    ws.gen_claims(5_000, 2, "csv", "claims");
+    let claims = read_claims_csv(&ws.path("claims"));
+    let out = ws.run(&["profile", "--format", "csv", "claims/"]);
+    let rows: Vec<Vec<String>> = crate::common::csv_rows(out.success());
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("{name}"))
+    };
+    // column,type,nulls,min,max,approx_distinct,mean,q25,q50,q75
+    let id = row("claim_id");
+    assert_eq!(&id[1..5], ["int64", "0", "1", "5000"]);
+    assert_eq!(id[6], "2500.5");
+    let ndc = row("ndc");
+    assert_eq!(ndc[1], "string", "NDCs are text");
+    let ndcs: BTreeSet<&str> = claims.iter().map(|c| c.ndc.as_str()).collect();
+    assert_eq!(ndc[3], *ndcs.first().unwrap());
+    assert_eq!(ndc[4], *ndcs.last().unwrap());
+    let estimate: f64 = ndc[5].parse().unwrap();
+    assert!(
+        (estimate - ndcs.len() as f64).abs() <= 0.05 * ndcs.len() as f64,
+        "approx_distinct {estimate} vs {}",
+        ndcs.len()
+    );
+    let supply = row("days_supply");
+    let mean = claims.iter().map(|c| c.days_supply as f64).sum::<f64>() / claims.len() as f64;
+    let shown: f64 = supply[6].parse().unwrap();
+    assert!((shown - mean).abs() < 1e-6, "{shown} vs {mean}");
+    let states: BTreeSet<&str> = claims.iter().map(|c| c.member_state.as_str()).collect();
+    let state = row("member_state");
+    assert_eq!(state[5], states.len().to_string());
+    assert_eq!(state[2], "0");
+}
