@@ -132,6 +132,28 @@ pub(crate) enum Command {
     /// quartiles, in one pass under the memory limit
     #[command(after_help = EXIT_CODES_HELP)]
     Profile(ProfileArgs),
+    /// An interactive SQL session (also plain `spillway` on a terminal): history, completion,
+    /// \d, \timing, \o FILE, \i FILE, \q; Ctrl-C cancels the running statement
+    Shell(ShellArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShellArgs {
+    /// A table: NAME=LOCATION (as for `query`), over the tables of spillway.toml
+    #[arg(short = 't', long = "table", value_name = "NAME=LOCATION")]
+    pub(crate) tables: Vec<String>,
+    /// The format of a table whose file names do not tell it: NAME=csv|parquet|ndjson
+    #[arg(long = "table-format", value_name = "NAME=FORMAT")]
+    pub(crate) table_formats: Vec<String>,
+    /// Rows read per file to infer a schema when a table has none [default: 1000]
+    #[arg(long, value_name = "ROWS")]
+    pub(crate) infer_rows: Option<usize>,
+    /// Rows a result shows (0: all); `\o FILE` writes every row
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_TABLE_ROWS)]
+    pub(crate) max_rows: usize,
+    /// History file [default: ~/.spillway_history]
+    #[arg(long, env = "SPILLWAY_HISTORY", value_name = "FILE")]
+    pub(crate) history: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -28,6 +28,7 @@ mod query;
 mod report;
 mod schedule;
 mod serve;
+mod shell;
 mod stats;
 mod storage;
 mod units;
@@ -46,7 +47,13 @@ static ALLOCATOR: crate::process::allocator::ExitOnExhaustion =
     crate::process::allocator::ExitOnExhaustion;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Plain `spillway` at a terminal opens the shell.
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    use std::io::IsTerminal;
+    if args.len() == 1 && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+        args.push("shell".into());
+    }
+    let cli = Cli::parse_from(args);
     // The daemon logs one line per run at info level; other commands only warn.
     let daemon = matches!(
         cli.command,
@@ -96,10 +103,12 @@ fn run(cli: Cli, config: ConfigFile, options: EngineOptions) -> Result<()> {
         .map_err(|e| Error::Internal(format!("cannot start the runtime: {e}")))?;
     // The daemon stops gracefully on its own signal handling (finish or cancel running
     // reports, exit 0); every other command is cancelled by dropping it.
+    // The shell handles Ctrl-C itself (it cancels the running statement, not the session).
     let daemon = matches!(
         cli.command,
         Command::Schedule(_)
             | Command::Serve(_)
+            | Command::Shell(_)
             | Command::Cluster(
                 cli::ClusterCommand::Scheduler(_) | cli::ClusterCommand::Executor(_)
             )
@@ -147,5 +156,19 @@ async fn dispatch(cli: Cli, config: ConfigFile, options: EngineOptions) -> Resul
         Command::Audit(command) => cli::audit::run(command, &config),
         Command::Describe(args) => cli::inspect::describe(args, &config, options).await,
         Command::Profile(args) => cli::inspect::profile(args, &config, options).await,
+        Command::Shell(args) => {
+            let specs = cli::options::table_specs_from(
+                &args.tables,
+                &args.table_formats,
+                args.infer_rows,
+                &config,
+            )?;
+            let engine = crate::engine::Engine::open(options, &specs).await?;
+            let shell = crate::shell::ShellOptions {
+                max_rows: args.max_rows,
+                history: args.history,
+            };
+            crate::shell::run(engine, shell).await
+        }
     }
 }

@@ -325,6 +325,20 @@ fn publish_file(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Print one small batch (a description, a profile) to stdout in `format`.
+pub(crate) async fn print_batch(batch: RecordBatch, format: OutputFormat) -> Result<()> {
+    let spec = OutputSpec {
+        format,
+        destination: Destination::Stdout,
+        max_table_rows: 0,
+        manifest: false,
+        encryption: None,
+    };
+    let mut sink = Sink::open(&spec, batch.schema(), None).await?;
+    sink.write(batch).await?;
+    sink.finish().await.map(|_| ())
+}
+
 #[cfg(test)]
 mod publish_bytes_tests {
     use super::*;

@@ -6,7 +6,7 @@ use crate::catalog::DEFAULT_INFER_ROWS;
 use crate::config::ConfigFile;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
-use crate::output::{Destination, OutputFormat, OutputSpec, Sink};
+use crate::output::{print_batch, OutputFormat};
 
 /// Open an engine with only the table `target` names registered.
 async fn open(
@@ -50,7 +50,7 @@ pub(crate) async fn describe(
         return Ok(());
     }
     let batch = crate::inspect::describe(&schema)?;
-    write(batch, None).await
+    print_batch(batch, OutputFormat::default_for_stdout()).await
 }
 
 /// `profile`: one pass of per-column statistics.
@@ -61,21 +61,9 @@ pub(crate) async fn profile(
 ) -> Result<()> {
     let (engine, name) = open(&args.target, args.infer_rows, config, engine_options).await?;
     let batch = crate::inspect::profile(&engine, &name).await?;
-    write(batch, args.format).await
-}
-
-async fn write(
-    batch: datafusion::arrow::array::RecordBatch,
-    format: Option<OutputFormat>,
-) -> Result<()> {
-    let spec = OutputSpec {
-        format: format.unwrap_or_else(OutputFormat::default_for_stdout),
-        destination: Destination::Stdout,
-        max_table_rows: 0,
-        manifest: false,
-        encryption: None,
-    };
-    let mut sink = Sink::open(&spec, batch.schema(), None).await?;
-    sink.write(batch).await?;
-    sink.finish().await.map(|_| ())
+    print_batch(
+        batch,
+        args.format.unwrap_or_else(OutputFormat::default_for_stdout),
+    )
+    .await
 }

@@ -18,3 +18,4 @@ mod schedule;
 mod schema;
 mod serve;
 mod serve_python;
+mod shell;
