@@ -270,6 +270,14 @@ impl Queries {
             }
             None => work.await,
         };
+        // A privacy refusal is PostgreSQL's insufficient_privilege, so clients can tell it
+        // from a failure.
+        let result = result.map_err(|error| match &error {
+            PgWireError::ApiError(inner) if inner.to_string().contains("refused: ") => {
+                user_error("42501", crate::error::one_line(&inner.to_string()))
+            }
+            _ => error,
+        });
         if let Err(error) = &result {
             self.server.counters.failed.fetch_add(1, Ordering::Relaxed);
             if let Some(draft) = &running.audit {

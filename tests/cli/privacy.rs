@@ -554,6 +554,10 @@ async fn roles_hold_over_psql_tokio_postgres_and_psycopg_and_the_cache_never_cro
         .simple_query("SELECT * FROM claims")
         .await
         .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+    );
     assert!(
         format!("{refused:?}").contains("only through aggregates"),
         "{refused:?}"
