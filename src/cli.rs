@@ -139,15 +139,8 @@ pub(crate) enum Command {
 
 #[derive(Debug, Args)]
 pub(crate) struct ShellArgs {
-    /// A table: NAME=LOCATION (as for `query`), over the tables of spillway.toml
-    #[arg(short = 't', long = "table", value_name = "NAME=LOCATION")]
-    pub(crate) tables: Vec<String>,
-    /// The format of a table whose file names do not tell it: NAME=csv|parquet|ndjson
-    #[arg(long = "table-format", value_name = "NAME=FORMAT")]
-    pub(crate) table_formats: Vec<String>,
-    /// Rows read per file to infer a schema when a table has none [default: 1000]
-    #[arg(long, value_name = "ROWS")]
-    pub(crate) infer_rows: Option<usize>,
+    #[command(flatten)]
+    pub(crate) tables: TableArgs,
     /// Rows a result shows (0: all); `\o FILE` writes every row
     #[arg(long, value_name = "N", default_value_t = DEFAULT_TABLE_ROWS)]
     pub(crate) max_rows: usize,
@@ -429,6 +422,13 @@ pub(crate) struct SqlArgs {
         conflicts_with = "sql"
     )]
     pub(crate) file: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) tables: TableArgs,
+}
+
+/// Tables given on the command line, over the tables of spillway.toml (`query`, `shell`).
+#[derive(Debug, Args)]
+pub(crate) struct TableArgs {
     /// A table: NAME=LOCATION, where LOCATION is a file, a folder or a glob (*, **, ?, [..], {a,b});
     /// the format comes from the extension (.csv, .csv.gz, .tsv, .parquet, .ndjson, .json)
     #[arg(short = 't', long = "table", value_name = "NAME=LOCATION")]

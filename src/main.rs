@@ -157,12 +157,7 @@ async fn dispatch(cli: Cli, config: ConfigFile, options: EngineOptions) -> Resul
         Command::Describe(args) => cli::inspect::describe(args, &config, options).await,
         Command::Profile(args) => cli::inspect::profile(args, &config, options).await,
         Command::Shell(args) => {
-            let specs = cli::options::table_specs_from(
-                &args.tables,
-                &args.table_formats,
-                args.infer_rows,
-                &config,
-            )?;
+            let specs = cli::options::table_specs(&args.tables, &config)?;
             let engine = crate::engine::Engine::open(options, &specs).await?;
             let shell = crate::shell::ShellOptions {
                 max_rows: args.max_rows,

@@ -135,7 +135,7 @@ pub(crate) struct Role {
 }
 
 /// The compiled `[privacy]` section.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Policy {
     classes: BTreeMap<String, BTreeMap<String, ColumnClass>>,
     roles: BTreeMap<String, Arc<Role>>,
@@ -292,13 +292,8 @@ impl Policy {
     /// Guard `alias` (a table registered over the files of protected table `table`) as `table`.
     pub(crate) fn with_aliases(&self, aliases: BTreeMap<String, String>) -> Policy {
         Policy {
-            classes: self.classes.clone(),
-            roles: self.roles.clone(),
-            default_role: self.default_role.clone(),
             aliases,
-            audit_log: self.audit_log.clone(),
-            key_source: self.key_source.clone(),
-            encryption_key_source: self.encryption_key_source.clone(),
+            ..self.clone()
         }
     }
 

@@ -57,7 +57,9 @@ pub(crate) async fn run_script(
         let mut inputs = Vec::new();
         let result = async {
             let plan = engine.plan(statement).await?;
-            inputs = engine.input_files(&plan);
+            if engine.audit_log().is_some() {
+                inputs = engine.input_files(&plan);
+            }
             if Engine::returns_rows(&plan) {
                 run_statement(engine, plan, options).await.map(Some)
             } else {

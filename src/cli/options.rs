@@ -176,7 +176,7 @@ fn pick<'a, T>(
 
 /// The table specs: the config file's tables, then `--table` flags (a flag naming a configured
 /// table replaces its location and keeps its other settings).
-pub(crate) fn table_specs(args: &SqlArgs, config: &ConfigFile) -> Result<Vec<TableSpec>> {
+pub(crate) fn table_specs(args: &TableArgs, config: &ConfigFile) -> Result<Vec<TableSpec>> {
     table_specs_from(&args.tables, &args.table_formats, args.infer_rows, config)
 }
 

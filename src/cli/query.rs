@@ -40,6 +40,6 @@ pub(crate) async fn explain(
 }
 
 async fn open(sql: &SqlArgs, config: &ConfigFile, engine_options: EngineOptions) -> Result<Engine> {
-    let specs = options::table_specs(sql, config)?;
+    let specs = options::table_specs(&sql.tables, config)?;
     Engine::open(engine_options, &specs).await
 }

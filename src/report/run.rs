@@ -298,7 +298,10 @@ impl<'a> ReportRun<'a> {
             progress: false,
             entry: self.entry,
         };
-        let inputs = engine.input_files(&plan);
+        let inputs = match engine.audit_log() {
+            Some(_) => engine.input_files(&plan),
+            None => Vec::new(),
+        };
         let result = query::run_statement(&engine, plan, &options)
             .await
             .map(Some)

@@ -194,7 +194,11 @@ impl Queries {
                         .enumerate()
                         .map(|(i, value)| (format!("${}", i + 1), parameter_text(value.as_deref())))
                         .collect(),
-                    inputs: server.engine.files_of_tables(&tables),
+                    // Fingerprints only for the log; a guard alone needs none.
+                    inputs: match log {
+                        Some(_) => server.engine.files_of_tables(&tables),
+                        None => Vec::new(),
+                    },
                     user: connection.user.clone(),
                     peer: connection.peer.clone(),
                     role: connection.role.as_ref().map(|r| r.name.clone()),
@@ -246,6 +250,17 @@ impl Queries {
         );
         running.key = Some(key);
         Ok((running, hit))
+    }
+
+    /// A result served from the cache, recorded in the audit log like any other.
+    fn cached(&self, running: &RunningStatement, entry: &Entry) -> PgWireResult<Response> {
+        if let Some(draft) = &running.audit {
+            let (rows, bytes) = (entry.rows.len() as u64, entry.bytes as u64);
+            draft
+                .record(&self.server, rows, bytes, "ok (cached)")
+                .map_err(|e| user_error("42501", e.to_string()))?;
+        }
+        Ok(Response::Query(entry.response()))
     }
 
     /// Run `work` (datafusion-postgres planning the statement) under the statement timeout.
@@ -628,17 +643,7 @@ impl SimpleQueryHandler for Queries {
             )
             .await?;
         if let Some(entry) = hit {
-            if let Some(draft) = &running.audit {
-                draft
-                    .record(
-                        &self.server,
-                        entry.rows.len() as u64,
-                        entry.bytes as u64,
-                        "ok (cached)",
-                    )
-                    .map_err(|e| user_error("42501", e.to_string()))?;
-            }
-            return Ok(vec![Response::Query(entry.response())]);
+            return Ok(vec![self.cached(&running, &entry)?]);
         }
         let responses = self
             .within_deadline(
@@ -690,17 +695,7 @@ impl ExtendedQueryHandler for Queries {
             .prepare(&*client, &connection, statement, sql, parameters, formats)
             .await?;
         if let Some(entry) = hit {
-            if let Some(draft) = &running.audit {
-                draft
-                    .record(
-                        &self.server,
-                        entry.rows.len() as u64,
-                        entry.bytes as u64,
-                        "ok (cached)",
-                    )
-                    .map_err(|e| user_error("42501", e.to_string()))?;
-            }
-            return Ok(Response::Query(entry.response()));
+            return self.cached(&running, &entry);
         }
         let response = self
             .within_deadline(

@@ -21,7 +21,7 @@ impl Pty {
     fn start(ws: &Workspace) -> Pty {
         let binary = std::env::var("SPILLWAY_TEST_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spillway").to_string());
-        let mut command = ws.command();
+        let command = ws.command();
         let mut child = std::process::Command::new("script")
             .args(["-qfec", &format!("'{binary}' shell"), "/dev/null"])
             .current_dir(ws.path("."))
