@@ -23,7 +23,9 @@ impl Pty {
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spillway").to_string());
         let command = ws.command();
         let mut child = std::process::Command::new("script")
-            .args(["-qfec", &format!("'{binary}' shell"), "/dev/null"])
+            // `exec`: script runs the command through `$SHELL -c`; a shell that stays as the
+            // pty's foreground parent (dash does) would itself die of the Ctrl-C below.
+            .args(["-qfec", &format!("exec '{binary}' shell"), "/dev/null"])
             .current_dir(ws.path("."))
             .envs(
                 command
@@ -32,6 +34,7 @@ impl Pty {
             )
             .env("SPILLWAY_HISTORY", ws.path("history"))
             .env("TERM", "xterm")
+            .env("SHELL", "/bin/sh")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
