@@ -389,9 +389,12 @@ pub(crate) struct ReportRunArgs {
 pub(crate) struct ReportHistoryArgs {
     /// Only this report's runs
     pub(crate) name: Option<String>,
-    /// Newest N runs
+    /// Newest N runs (or alerts)
     #[arg(long, default_value_t = 20)]
     pub(crate) limit: usize,
+    /// List the alerts sent (each target, tries, delivered or why not) instead of the runs
+    #[arg(long)]
+    pub(crate) alerts: bool,
     #[command(flatten)]
     pub(crate) source: ReportSource,
 }

@@ -35,6 +35,41 @@ pub(crate) struct ConfigFile {
     pub(crate) cluster: ClusterSection,
     #[serde(default)]
     pub(crate) privacy: PrivacySection,
+    /// `[alerts.NAME]`: where report alerts go (see `alert`).
+    #[serde(default)]
+    pub(crate) alerts: BTreeMap<String, AlertSection>,
+}
+
+/// `[alerts.NAME]`: one alert target, named by reports' `on_failure` / `on_success`. Exactly one
+/// of `webhook`/`webhook_env`, `smtp` or `command`. Secrets only through the environment.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AlertSection {
+    /// POST the alert as JSON to this URL.
+    pub(crate) webhook: Option<String>,
+    /// The variable holding the webhook URL instead (chat webhooks carry their token in it).
+    pub(crate) webhook_env: Option<String>,
+    /// Extra request headers, each value read from the named variable (`Authorization`).
+    #[serde(default)]
+    pub(crate) headers_env: BTreeMap<String, String>,
+    /// Send an e-mail through this SMTP server, `host` or `host:port` (default port 587).
+    pub(crate) smtp: Option<String>,
+    /// `starttls` (default: the connection must be upgraded, or nothing is sent) or `none`
+    /// (plain SMTP, for a relay on the same machine).
+    pub(crate) tls: Option<String>,
+    pub(crate) from: Option<String>,
+    #[serde(default)]
+    pub(crate) to: Vec<String>,
+    pub(crate) username_env: Option<String>,
+    pub(crate) password_env: Option<String>,
+    /// A PEM file of extra CA certificates to trust (a private mail server or webhook).
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Run this program (then its arguments) with the alert as JSON on its standard input.
+    pub(crate) command: Option<Vec<String>>,
+    /// Further tries after a failed delivery, with doubling waits from one second (default 3).
+    pub(crate) retries: Option<u32>,
+    /// How long one delivery attempt may take (default `30s`).
+    pub(crate) timeout: Option<String>,
 }
 
 /// `[privacy]`: the PHI guard (see `privacy`): which columns identify a person, what each role
@@ -161,6 +196,11 @@ pub(crate) struct ReportsSection {
     pub(crate) missed_runs: Option<String>,
     /// On SIGTERM, how long running reports may take to finish before they are cancelled.
     pub(crate) grace_seconds: Option<u64>,
+    /// Alerts (`[alerts.NAME]` names) for every scheduled report that does not set its own.
+    pub(crate) on_failure: Option<Vec<String>>,
+    pub(crate) on_success: Option<Vec<String>>,
+    /// Alert `on_failure` when a firing has not succeeded this long after its time (`2h`).
+    pub(crate) late_after: Option<String>,
 }
 
 /// `[storage]`: settings of object stores, shared by every table that does not override them.

@@ -12,6 +12,7 @@
 //! / `progress` / `stats` → `storage` (locations, globs, object stores) → `config` / `units` /
 //! `process`. `schedule` runs reports on cron; `gen` makes deterministic test data.
 
+mod alert;
 mod catalog;
 mod cli;
 mod cluster;

@@ -28,6 +28,7 @@
 //! Must not: schedule anything (that is `schedule`), or edit the SQL text or splice values into
 //! it: a value like `'; DROP TABLE x; --` stays a value, bound as a DataFusion placeholder.
 
+pub(crate) mod alerts;
 pub(crate) mod header;
 pub(crate) mod history;
 pub(crate) mod params;
@@ -68,6 +69,9 @@ pub(crate) struct ReportDefinition {
     pub(crate) timeout: Option<Duration>,
     /// `encrypt = true`: the Parquet output is encrypted at rest (see `--encrypt`).
     pub(crate) encrypt: bool,
+    /// `on_failure`, `on_success`, `late_after`: what the header sets (the rest from
+    /// `[reports]`).
+    pub(crate) alerts: crate::alert::AlertRules,
 }
 
 /// What a report writes.

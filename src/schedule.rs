@@ -379,6 +379,9 @@ pub(crate) enum RunOutcome {
     Failed(String),
 }
 
+/// Why a firing is skipped while the job's previous run is still going.
+pub(crate) const OVERLAPPING: &str = "previous run still going";
+
 /// Does the work of a firing; the scheduler only decides when.
 #[async_trait::async_trait]
 pub(crate) trait Runner: Send + Sync + 'static {
@@ -386,7 +389,7 @@ pub(crate) trait Runner: Send + Sync + 'static {
     /// future may be dropped part-way (shutdown): [`Runner::cancelled`] follows then.
     async fn run(&self, job: &str, scheduled_for: DateTime<Utc>, attempt: u32) -> RunOutcome;
 
-    /// A firing that was not run, and why.
+    /// A firing that was not run, and why ([`OVERLAPPING`], or the missed-run policy's reason).
     async fn skipped(&self, job: &str, scheduled_for: DateTime<Utc>, reason: &str);
 
     /// An attempt whose future was dropped, after it was dropped: `reason` says the scheduler
@@ -395,6 +398,18 @@ pub(crate) trait Runner: Send + Sync + 'static {
     /// through `History::recover` once this process has ended).
     async fn cancelled(&self, job: &str, scheduled_for: DateTime<Utc>, attempt: u32, reason: &str) {
         let _ = (job, scheduled_for, attempt, reason);
+    }
+
+    /// A firing's final outcome: its success, or the failure of its last attempt (no retries
+    /// left). Not called for a firing cancelled by shutdown. The default does nothing.
+    async fn settled(
+        &self,
+        job: &str,
+        scheduled_for: DateTime<Utc>,
+        attempt: u32,
+        outcome: &RunOutcome,
+    ) {
+        let _ = (job, scheduled_for, attempt, outcome);
     }
 }
 
@@ -577,7 +592,7 @@ impl Scheduler {
     async fn fire(&self, index: usize, scheduled_for: DateTime<Utc>, tasks: &mut Tasks) {
         let job = &self.jobs[index];
         if tasks.running[index] {
-            let reason = "previous run still going";
+            let reason = OVERLAPPING;
             tracing::info!(job = %job.name, %scheduled_for, "run skipped: {reason}");
             self.runner.skipped(&job.name, scheduled_for, reason).await;
             return;
@@ -662,6 +677,9 @@ async fn run_with_retries(
         let message = match ending {
             Attempt::Finished(RunOutcome::Succeeded) => {
                 tracing::info!(job = %job.name, %scheduled_for, attempt, %elapsed, "run succeeded");
+                runner
+                    .settled(&job.name, scheduled_for, attempt, &RunOutcome::Succeeded)
+                    .await;
                 return;
             }
             Attempt::Aborted => {
@@ -672,6 +690,14 @@ async fn run_with_retries(
         };
         if attempt == attempts {
             tracing::info!(job = %job.name, %scheduled_for, attempt, %elapsed, "run failed, no retries left: {message}");
+            runner
+                .settled(
+                    &job.name,
+                    scheduled_for,
+                    attempt,
+                    &RunOutcome::Failed(message),
+                )
+                .await;
             return;
         }
         let delay = job.retry.delay_after(attempt);

@@ -176,6 +176,9 @@ pub(crate) async fn run(context: &ReportContext, args: &ReportRunArgs) -> Result
 /// `report history [NAME]`.
 pub(crate) fn history(context: &ReportContext, args: &ReportHistoryArgs) -> Result<()> {
     context.history.recover().map_err(Error::from)?;
+    if args.alerts {
+        return alert_history(context, args);
+    }
     let runs = context
         .history
         .list(args.name.as_deref(), args.limit)
@@ -206,6 +209,38 @@ pub(crate) fn history(context: &ReportContext, args: &ReportHistoryArgs) -> Resu
     }
     Ok(())
 }
+
+/// `report history --alerts [NAME]`: each delivery of an alert to a target.
+fn alert_history(context: &ReportContext, args: &ReportHistoryArgs) -> Result<()> {
+    let alerts = context
+        .history
+        .alerts(args.name.as_deref(), args.limit)
+        .map_err(Error::from)?;
+    println!("sent\treport\tscheduled_for\trun_id\tevent\ttarget\ttries\tdelivered\terror");
+    for alert in alerts {
+        println!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}",
+            alert
+                .sent
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            alert.report,
+            alert
+                .scheduled_for
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default(),
+            alert.run_id.map(|id| id.to_string()).unwrap_or_default(),
+            alert.event,
+            alert.target,
+            alert.tries,
+            if alert.delivered { "yes" } else { "no" },
+            alert.error.unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+/// How long a stopping daemon waits for alert deliveries still under way.
+const ALERT_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `spillway schedule`: the daemon. Holds the history's lock, turns runs a killed daemon
 /// left `running` into `incomplete`, then fires reports until SIGTERM or Ctrl-C.
@@ -263,10 +298,25 @@ pub(crate) async fn schedule(
         "spillway schedule: {} scheduled reports; stop with Ctrl-C or SIGTERM",
         jobs.len()
     );
-    let runner = Arc::new(ReportRunner::new(Arc::new(context)));
-    let scheduler = Scheduler::new(jobs, Arc::new(SystemClock), runner, missed);
+    // Alert targets and every report's rules are checked before anything fires.
+    let alerts = Arc::new(crate::alert::Alerts::from_config(config)?);
+    let mut rules = HashMap::new();
+    for report in context.reports.iter().filter(|r| r.schedule.is_some()) {
+        let resolved = alerts.rules(
+            &format!("report `{}` ({})", report.name, report.path.display()),
+            &report.alerts,
+        )?;
+        if !resolved.is_empty() {
+            rules.insert(report.name.clone(), resolved);
+        }
+    }
+    let firing_alerts =
+        crate::report::alerts::FiringAlerts::new(alerts, rules, context.history.clone());
+    let runner = Arc::new(ReportRunner::new(Arc::new(context), firing_alerts));
+    let scheduler = Scheduler::new(jobs, Arc::new(SystemClock), runner.clone(), missed);
     scheduler
         .run(last_runs, crate::process::signal::shutdown(), grace)
         .await;
+    runner.alerts.drain(ALERT_GRACE).await;
     Ok(())
 }

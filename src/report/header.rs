@@ -7,6 +7,7 @@
 use super::params::{check_allowed, value_from_toml, ParamKind, ParamSpec};
 use super::template::{placeholder_names, template_placeholders, BUILT_IN_PLACEHOLDERS};
 use super::{ReportDefinition, ReportError, ReportFormat, ScheduleSpec};
+use crate::alert::AlertRules;
 use crate::schedule::CronSchedule;
 use crate::units::parse_duration;
 use serde::de::{Deserializer, MapAccess, Visitor};
@@ -27,6 +28,9 @@ struct RawHeader {
     retries: Option<Spanned<i64>>,
     timeout: Option<Spanned<String>>,
     encrypt: Option<bool>,
+    on_failure: Option<Vec<String>>,
+    on_success: Option<Vec<String>>,
+    late_after: Option<Spanned<String>>,
     #[serde(default, deserialize_with = "in_declaration_order")]
     params: Vec<(Spanned<String>, RawParam)>,
 }
@@ -295,6 +299,14 @@ fn build_definition(
         None => None,
     };
 
+    let late_after = match raw.late_after {
+        Some(late) => Some(
+            parse_duration(late.get_ref())
+                .map_err(|message| at.error(&late, format!("late_after: {message}")))?,
+        ),
+        None => None,
+    };
+
     Ok(ReportDefinition {
         name,
         description: raw.description,
@@ -308,6 +320,11 @@ fn build_definition(
         retries,
         timeout,
         encrypt: raw.encrypt.unwrap_or(false),
+        alerts: AlertRules {
+            on_failure: raw.on_failure,
+            on_success: raw.on_success,
+            late_after,
+        },
     })
 }
 fn build_param(

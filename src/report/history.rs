@@ -91,7 +91,8 @@ pub(crate) struct History {
 }
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const HISTORY_SCHEMA_VERSION: i64 = 1;
+/// Version 2 added the `alerts` table (created on open; version-1 files gain it).
+const HISTORY_SCHEMA_VERSION: i64 = 2;
 
 const HISTORY_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -110,7 +111,40 @@ CREATE TABLE IF NOT EXISTS runs (
 );
 CREATE INDEX IF NOT EXISTS runs_by_report ON runs (report, scheduled_for);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (status);
+CREATE TABLE IF NOT EXISTS alerts (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    report        TEXT    NOT NULL,
+    scheduled_for TEXT,
+    run_id        INTEGER,
+    event         TEXT    NOT NULL,
+    target        TEXT    NOT NULL,
+    sent          TEXT    NOT NULL,
+    tries         INTEGER NOT NULL,
+    delivered     INTEGER NOT NULL,
+    error         TEXT
+);
+CREATE INDEX IF NOT EXISTS alerts_by_report ON alerts (report, id);
 ";
+
+/// One alert as recorded: which firing, what happened to it, which target, and whether the
+/// target got it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct AlertRecord {
+    pub(crate) report: String,
+    pub(crate) scheduled_for: Option<DateTime<Utc>>,
+    /// The run the alert is about (none for a `late` alert of a firing that never started).
+    pub(crate) run_id: Option<i64>,
+    /// `succeeded`, `failed` or `late`.
+    pub(crate) event: String,
+    /// The `[alerts.NAME]` it went to.
+    pub(crate) target: String,
+    /// When the last try ended.
+    pub(crate) sent: DateTime<Utc>,
+    pub(crate) tries: u32,
+    pub(crate) delivered: bool,
+    /// Why the last try failed (never a secret: see `alert`).
+    pub(crate) error: Option<String>,
+}
 
 const RUN_COLUMNS: &str =
     "id, report, scheduled_for, started, finished, attempt, status, rows, bytes, output, error, pid";
@@ -357,6 +391,81 @@ impl History {
             records.push(raw.into_record().map_err(|message| self.error(message))?);
         }
         Ok(records)
+    }
+
+    /// Record an alert's delivery (or its failure).
+    pub(crate) fn record_alert(&self, alert: &AlertRecord) -> Result<(), ReportError> {
+        self.connection()
+            .execute(
+                "INSERT INTO alerts (report, scheduled_for, run_id, event, target, sent, tries, delivered, error)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                params![
+                    alert.report,
+                    alert.scheduled_for.map(time_to_text),
+                    alert.run_id,
+                    alert.event,
+                    alert.target,
+                    time_to_text(alert.sent),
+                    alert.tries,
+                    alert.delivered,
+                    alert.error,
+                ],
+            )
+            .map_err(|error| self.error(error))?;
+        Ok(())
+    }
+
+    /// The newest `limit` alerts (of one report, or of all), newest first.
+    pub(crate) fn alerts(
+        &self,
+        report: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<AlertRecord>, ReportError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare(
+                "SELECT report, scheduled_for, run_id, event, target, sent, tries, delivered, error
+                 FROM alerts WHERE (?1 IS NULL OR report = ?1) ORDER BY id DESC LIMIT ?2",
+            )
+            .map_err(|error| self.error(error))?;
+        let rows = statement
+            .query_map(params![report, limit], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, Option<String>>(1)?,
+                    row.get::<_, Option<i64>>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, String>(4)?,
+                    row.get::<_, String>(5)?,
+                    row.get::<_, u32>(6)?,
+                    row.get::<_, bool>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                ))
+            })
+            .map_err(|error| self.error(error))?;
+        let mut alerts = Vec::new();
+        for row in rows {
+            let (report, scheduled_for, run_id, event, target, sent, tries, delivered, error) =
+                row.map_err(|error| self.error(error))?;
+            let time = |text: &str| {
+                time_from_text(text).ok_or_else(|| {
+                    self.error(format!("alert of {report}: unreadable time `{text}`"))
+                })
+            };
+            alerts.push(AlertRecord {
+                scheduled_for: scheduled_for.as_deref().map(time).transpose()?,
+                sent: time(&sent)?,
+                report,
+                run_id,
+                event,
+                target,
+                tries,
+                delivered,
+                error,
+            });
+        }
+        Ok(alerts)
     }
 
     /// The latest `scheduled_for` of any run of `report` (whatever its status), for catch-up.

@@ -12,6 +12,7 @@ use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
 use crate::output::{self, Destination, OutputFormat, OutputSpec};
 use crate::query::{self, RunOptions};
+use crate::report::alerts::FiringAlerts;
 use crate::report::{History, ParamValue, ReportDefinition, ReportFormat};
 use crate::schedule::{RunOutcome, Runner};
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
@@ -440,13 +441,15 @@ pub(crate) struct ReportRunner {
     pub(crate) context: Arc<ReportContext>,
     /// The history row of each attempt under way, so a cancelled one is closed by its id.
     under_way: Mutex<HashMap<(String, DateTime<Utc>, u32), i64>>,
+    pub(crate) alerts: FiringAlerts,
 }
 
 impl ReportRunner {
-    pub(crate) fn new(context: Arc<ReportContext>) -> ReportRunner {
+    pub(crate) fn new(context: Arc<ReportContext>, alerts: FiringAlerts) -> ReportRunner {
         ReportRunner {
             context,
             under_way: Mutex::new(HashMap::new()),
+            alerts,
         }
     }
 
@@ -483,8 +486,17 @@ impl Runner for ReportRunner {
         };
         let key = (run.report.name.clone(), scheduled_for, run.attempt);
         self.under_way().insert(key.clone(), run.run_id);
+        self.alerts
+            .seen(report, scheduled_for, Some((attempt, run.run_id)));
         let result = run.execute(&self.context).await;
         self.under_way().remove(&key);
+        self.alerts.attempted(
+            job,
+            scheduled_for,
+            attempt,
+            Some(run.run_id),
+            result.as_ref().ok().cloned(),
+        );
         match result {
             Ok(summary) => {
                 tracing::info!(
@@ -501,6 +513,28 @@ impl Runner for ReportRunner {
 
     async fn skipped(&self, job: &str, scheduled_for: DateTime<Utc>, reason: &str) {
         let _ = self.context.history.skip(job, scheduled_for, reason);
+        // A firing skipped for overlapping is covered by the late timer of the run still going;
+        // one skipped by the missed-run policy (the daemon was down) is late on its own.
+        if reason == crate::schedule::OVERLAPPING {
+            return;
+        }
+        if let Some(report) = self.context.reports.iter().find(|r| r.name == job) {
+            self.alerts.seen(report, scheduled_for, None);
+        }
+    }
+
+    async fn settled(
+        &self,
+        job: &str,
+        scheduled_for: DateTime<Utc>,
+        attempt: u32,
+        outcome: &RunOutcome,
+    ) {
+        let error = match outcome {
+            RunOutcome::Succeeded => None,
+            RunOutcome::Failed(message) => Some(message.as_str()),
+        };
+        self.alerts.settled(job, scheduled_for, attempt, error);
     }
 
     async fn cancelled(&self, job: &str, scheduled_for: DateTime<Utc>, attempt: u32, reason: &str) {

@@ -623,33 +623,11 @@ fn cluster_mode_auto_sends_only_statements_over_enough_input_and_local_sends_non
         .contains("cluster.mode: unknown mode `sometimes`"));
 }
 
-/// A CA and a certificate it signed for 127.0.0.1, in `tls/` (PEM): `ca.crt`, `node.crt`,
-/// `node.key`.
-fn cluster_certificates(ws: &Workspace) {
-    std::fs::create_dir_all(ws.path("tls")).unwrap();
-    let script = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=spillway test CA' \
-                    -keyout ca.key -out ca.crt \
-                  && openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout node.key -out node.csr \
-                  && printf 'subjectAltName=IP:127.0.0.1\\n' > san \
-                  && openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
-                    -extfile san -out node.crt";
-    let made = std::process::Command::new("sh")
-        .args(["-c", script])
-        .current_dir(ws.path("tls"))
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
-}
-
 #[test]
 fn cluster_traffic_over_tls_gives_the_local_answer_and_plain_clients_are_refused() {
     let ws = Workspace::new();
     h2o_csv(&ws);
-    cluster_certificates(&ws);
+    crate::common::test_certificates(&ws, "tls");
     // Every node and the client read ./spillway.toml: the scheduler and the executors serve
     // with the certificate; everyone verifies against the CA.
     ws.write(

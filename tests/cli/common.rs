@@ -297,3 +297,25 @@ pub fn peak_rss_mib(stderr: &str) -> f64 {
         other => panic!("unexpected unit {other:?} in {line}"),
     }
 }
+
+/// A CA and a certificate it signed for 127.0.0.1, in the folder `dir` of `ws` (PEM): `ca.crt`,
+/// `node.crt`, `node.key`.
+pub fn test_certificates(ws: &Workspace, dir: &str) {
+    std::fs::create_dir_all(ws.path(dir)).unwrap();
+    let script = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj '/CN=spillway test CA' \
+                    -keyout ca.key -out ca.crt \
+                  && openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout node.key -out node.csr \
+                  && printf 'subjectAltName=IP:127.0.0.1\\n' > san \
+                  && openssl x509 -req -in node.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+                    -extfile san -out node.crt";
+    let made = Command::new("sh")
+        .args(["-c", script])
+        .current_dir(ws.path(dir))
+        .output()
+        .expect("openssl");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+}

@@ -479,32 +479,9 @@ async fn scram_users_log_in_and_a_wrong_or_missing_password_is_refused() {
 fn tls_is_required_when_configured_and_psql_connects_with_sslmode_require() {
     let ws = Workspace::new();
     let claims_table = ws.gen_claims(1_000, 1, "csv", "claims");
-    let made = Command::new("openssl")
-        .current_dir(ws.path(""))
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.crt",
-        ])
-        .output()
-        .expect("openssl");
-    assert!(
-        made.status.success(),
-        "{}",
-        String::from_utf8_lossy(&made.stderr)
-    );
+    crate::common::test_certificates(&ws, "tls");
     let config = format!(
-        "{claims_table}\n[server]\ntls_cert = \"server.crt\"\ntls_key = \"server.key\"\n\n{}",
+        "{claims_table}\n[server]\ntls_cert = \"tls/node.crt\"\ntls_key = \"tls/node.key\"\n\n{}",
         users_config(&ws)
     );
     ws.write("spillway.toml", config);
