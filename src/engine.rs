@@ -12,6 +12,7 @@ pub(crate) mod csv_scan;
 pub(crate) mod group_keys;
 pub(crate) mod group_topk;
 pub(crate) mod memory;
+pub(crate) mod profile;
 pub(crate) mod rewrite;
 
 use crate::catalog::{self, RegisteredTable, TableSpec};
@@ -678,6 +679,7 @@ pub(crate) fn register_functions(
     for udaf in crate::engine::aggregate::udafs() {
         state.register_udaf(udaf)?;
     }
+    state.register_udtf("profile", Arc::new(profile::ProfileFunction));
     Ok(())
 }
 

@@ -49,6 +49,8 @@ pub(crate) fn check(statement: &Statement) -> Result<(), String> {
         | Statement::ShowStatus { .. }
         | Statement::ShowTables { .. }
         | Statement::ShowColumns { .. }
+        // `DESCRIBE t`: the columns and types, as `\d t` shows them.
+        | Statement::ExplainTable { .. }
         | Statement::ShowCatalogs { .. }
         | Statement::ShowSchemas { .. }
         | Statement::ShowDatabases { .. }
@@ -65,7 +67,7 @@ pub(crate) fn check(statement: &Statement) -> Result<(), String> {
         | Statement::Deallocate { .. } => return Ok(()),
         other => {
             return Err(format!(
-            "{} is not allowed: this server is read-only (queries, EXPLAIN, SHOW and cursors only)",
+            "{} is not allowed: this server is read-only (queries, EXPLAIN, DESCRIBE, SHOW and cursors only)",
             statement_kind(other)
         ))
         }
@@ -210,7 +212,7 @@ pub(crate) fn refuse_unparsed(sql: &str) -> Option<String> {
     ];
     writes.contains(&first).then(|| {
         format!(
-            "{} is not allowed: this server is read-only (queries, EXPLAIN, SHOW and cursors only)",
+            "{} is not allowed: this server is read-only (queries, EXPLAIN, DESCRIBE, SHOW and cursors only)",
             first.to_ascii_uppercase()
         )
     })

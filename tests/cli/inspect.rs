@@ -130,3 +130,59 @@ fn profile_gives_each_columns_nulls_range_distinct_count_and_mean_in_one_pass() 
     assert_eq!(state[5], states.len().to_string());
     assert_eq!(state[2], "0");
 }
+
+#[test]
+fn profile_and_describe_are_sql_too_the_same_in_query_and_over_psql() {
+    let (ws, _) = crate::serve::claims_server_workspace(3_000, "");
+    let cli = ws.run(&["profile", "--format", "csv", "claims"]);
+    let cli = cli.success();
+    // `profile('t')` in SQL: the same table, filtered and projected like any other.
+    let sql = ws.run(&[
+        "query",
+        "--format",
+        "csv",
+        "SELECT * FROM profile('claims')",
+    ]);
+    assert_eq!(sql.success(), cli);
+    let numeric = ws.run(&[
+        "query",
+        "--format",
+        "csv",
+        "SELECT \"column\" FROM profile('claims') WHERE mean IS NOT NULL AND \"column\" LIKE 'days%'",
+    ]);
+    assert_eq!(numeric.success(), "column\ndays_supply\n");
+    let missing = ws.run(&["query", "SELECT * FROM profile('nope')"]);
+    assert!(
+        missing.failure(4).contains("no table `nope`"),
+        "{}",
+        missing.stderr
+    );
+
+    let server = crate::serve::Server::start(&ws, &[], &[]);
+    let conninfo = server.conninfo("analyst", "sslmode=disable");
+    let over_psql = server.psql(&conninfo, None, &["-c", "SELECT * FROM profile('claims')"]);
+    // psql -A -t prints the rows without the header, `|` between fields, NULL as nothing. The
+    // quartiles are estimates (t-digest) that depend on how the server splits the work, so they
+    // are compared only for being there; everything else exactly.
+    let over_psql: Vec<Vec<String>> = over_psql
+        .success()
+        .lines()
+        .map(|line| line.split('|').map(str::to_string).collect())
+        .collect();
+    let from_cli = crate::common::csv_rows(cli);
+    assert_eq!(over_psql.len(), from_cli.len());
+    for (served, local) in over_psql.iter().zip(&from_cli) {
+        assert_eq!(served[..7], local[..7]);
+        let present = |row: &[String]| row[7..].iter().map(|q| !q.is_empty()).collect::<Vec<_>>();
+        assert_eq!(present(served), present(local), "{served:?} vs {local:?}");
+    }
+    // DESCRIBE answers each column with its Arrow type.
+    let described = server.psql(&conninfo, None, &["-F", ",", "-c", "DESCRIBE claims"]);
+    let described = described.success();
+    for column in ["claim_id,Int64,", "ndc,Utf8,", "fill_date,Date32,"] {
+        assert!(
+            described.lines().any(|line| line.starts_with(column)),
+            "{column} in:\n{described}"
+        );
+    }
+}
