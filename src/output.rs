@@ -94,6 +94,8 @@ impl OutputFormat {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Destination {
     Stdout,
+    /// The terminal through a pager command (the shell's long results), run by `sh -c`.
+    Pager(String),
     File(PathBuf),
     /// An object URL such as `s3://bucket/key.parquet`.
     Object(String),
@@ -283,8 +285,8 @@ pub(crate) async fn publish_bytes(
         (Destination::Object(url), None) => {
             Err(Error::Internal(format!("no store resolved for {url}")))
         }
-        (Destination::Stdout, _) => Err(Error::Internal(
-            "bytes are published to a file or an object, not stdout".into(),
+        (Destination::Stdout | Destination::Pager(_), _) => Err(Error::Internal(
+            "bytes are published to a file or an object, not the terminal".into(),
         )),
         (Destination::File(path), _) => {
             let path = path.clone();
@@ -429,6 +431,7 @@ impl ReaderGone {
 /// Where bytes go: stdout, or a temporary file published on close.
 enum Target {
     Stdout(BufWriter<io::Stdout>),
+    Pager(Pager),
     File {
         temp: BufWriter<tempfile::NamedTempFile>,
         /// Deletes the temporary file if the process must exit on refused memory.
@@ -535,6 +538,7 @@ impl Target {
                 io::stdout(),
             ))),
             Destination::Object(url) => Err(Error::Internal(format!("{url} needs a store"))),
+            Destination::Pager(command) => Pager::start(command).map(Target::Pager),
             Destination::File(path) => {
                 let cannot = |e: &dyn std::fmt::Display| {
                     Error::Output(format!("cannot write {}: {e}", path.display()))
@@ -581,12 +585,15 @@ impl Target {
                 published().map_err(WriteError::Failed)
             }
             Target::Object(upload) => upload.complete().map_err(WriteError::Failed),
+            // Waits until the person quits the pager (it may still be showing the result).
+            Target::Pager(pager) => pager.close().map_err(classify_io),
         }
     }
 
     fn describe(&self) -> String {
         match self {
             Target::Stdout(_) => "stdout".into(),
+            Target::Pager(pager) => format!("the pager `{}`", pager.command),
             Target::File { path, .. } => path.display().to_string(),
             Target::Object(upload) => upload.url.clone(),
         }
@@ -597,6 +604,7 @@ impl Write for Target {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Target::Stdout(out) => out.write(buf),
+            Target::Pager(pager) => pager.input()?.write(buf),
             Target::File { temp, .. } => temp.write(buf),
             Target::Object(upload) => upload.write(buf),
         }
@@ -604,9 +612,61 @@ impl Write for Target {
     fn flush(&mut self) -> io::Result<()> {
         match self {
             Target::Stdout(out) => out.flush(),
+            Target::Pager(pager) => pager.input()?.flush(),
             Target::File { temp, .. } => temp.flush(),
             Target::Object(_) => Ok(()),
         }
+    }
+}
+
+/// A pager (`less -FRX`, `$PAGER`) reading the output on its standard input and showing it on
+/// the terminal. Dropped without [`Pager::close`] (a failed statement) it still waits for the
+/// pager, so the shell's next prompt never lands under a pager that is still drawing.
+struct Pager {
+    command: String,
+    child: std::process::Child,
+    stdin: Option<BufWriter<std::process::ChildStdin>>,
+}
+
+impl Pager {
+    fn start(command: &str) -> Result<Pager> {
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", command])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::Output(format!("cannot start the pager `{command}`: {e}")))?;
+        let stdin = child
+            .stdin
+            .take()
+            .map(|stdin| BufWriter::with_capacity(1 << 16, stdin));
+        Ok(Pager {
+            command: command.to_string(),
+            child,
+            stdin,
+        })
+    }
+
+    fn input(&mut self) -> io::Result<&mut BufWriter<std::process::ChildStdin>> {
+        self.stdin
+            .as_mut()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "the pager was closed"))
+    }
+
+    fn close(mut self) -> io::Result<()> {
+        let flushed = match self.stdin.take() {
+            Some(mut stdin) => stdin.flush(),
+            None => Ok(()),
+        };
+        // Closing its input tells the pager the output is complete.
+        self.child.wait()?;
+        flushed
+    }
+}
+
+impl Drop for Pager {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.wait();
     }
 }
 

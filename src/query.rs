@@ -171,8 +171,11 @@ pub(crate) async fn run_statement(
     };
     // With an audit log, the record names the output's SHA-256.
     let mut spec = options.output.clone();
-    spec.manifest |=
-        engine.audit_log().is_some() && !matches!(spec.destination, Destination::Stdout);
+    spec.manifest |= engine.audit_log().is_some()
+        && !matches!(
+            spec.destination,
+            Destination::Stdout | Destination::Pager(_)
+        );
     let mut sink = Sink::open(&spec, schema, object).await?;
     let bytes_before = engine.counters().bytes();
     let requests_before = engine.counters().requests();

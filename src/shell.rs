@@ -2,7 +2,9 @@
 //!
 //! A line editor (rustyline) with history in a file, completion of SQL keywords, tables and
 //! columns, and statements that run over several lines until a `;`. Backslash commands: `\d`,
-//! `\d TABLE`, `\timing`, `\o FILE`, `\i FILE`, `\q`, `\?`. Statements run through `query`
+//! `\d TABLE`, `\timing`, `\o FILE`, `\i FILE`, `\pager`, `\q`, `\?`. Results on a terminal go
+//! through a pager (`SPILLWAY_PAGER`, `PAGER`, else `less -FRX`, which returns at once when the
+//! result fits the screen). Statements run through `query`
 //! with the session's engine (its flags, config and memory ceiling) and print through the
 //! output code; Ctrl-C cancels the running statement and keeps the session, Ctrl-D ends it.
 //! Must not run SQL except through `query`.
@@ -107,6 +109,10 @@ struct Session {
     options: ShellOptions,
     timing: bool,
     output: Option<PathBuf>,
+    /// The pager command, when stdout is a terminal and one is found.
+    pager: Option<String>,
+    /// `\pager` toggles it.
+    paging: bool,
 }
 
 /// Run the shell until `\q` or Ctrl-D.
@@ -129,6 +135,8 @@ pub(crate) async fn run(engine: Engine, options: ShellOptions) -> Result<()> {
         options,
         timing: false,
         output: None,
+        pager: pager(),
+        paging: true,
     };
     // From now on Ctrl-C reaches the session, not the process's default handler.
     let mut interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
@@ -157,6 +165,25 @@ pub(crate) async fn run(engine: Engine, options: ShellOptions) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The pager for results on a terminal: `SPILLWAY_PAGER`, then `PAGER` (either empty: none),
+/// else `less -FRX` when `less` is installed (git's choice: it quits at once when the result
+/// fits the screen, keeps colours, and leaves the result on the screen).
+fn pager() -> Option<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdout().is_terminal() {
+        return None;
+    }
+    for variable in ["SPILLWAY_PAGER", "PAGER"] {
+        if let Ok(command) = std::env::var(variable) {
+            return Some(command).filter(|c| !c.trim().is_empty());
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .any(|folder| folder.join("less").is_file())
+        .then(|| "less -FRX".to_string())
 }
 
 fn default_history() -> Option<PathBuf> {
@@ -212,6 +239,16 @@ impl Session {
         match (name, argument) {
             ("q", _) => return Ok(false),
             ("?", _) => println!("{HELP}"),
+            ("pager", _) => {
+                self.paging = !self.paging;
+                match (&self.pager, self.paging) {
+                    (Some(pager), true) => println!("Pager is on (`{pager}`)."),
+                    (None, true) => println!(
+                        "Pager is on, but there is none: set SPILLWAY_PAGER or PAGER, or install less."
+                    ),
+                    (_, false) => println!("Pager is off."),
+                }
+            }
             ("timing", _) => {
                 self.timing = !self.timing;
                 println!("Timing is {}.", if self.timing { "on" } else { "off" });
@@ -272,7 +309,10 @@ impl Session {
             },
             None => OutputSpec {
                 format: OutputFormat::Table,
-                destination: Destination::Stdout,
+                destination: match (&self.pager, self.paging) {
+                    (Some(pager), true) => Destination::Pager(pager.clone()),
+                    _ => Destination::Stdout,
+                },
                 max_table_rows: self.options.max_rows,
                 manifest: false,
                 encryption: None,
@@ -311,4 +351,5 @@ const HELP: &str = "\
   \\timing       show each statement's time (toggle)
   \\o FILE       write results to FILE (format from its extension); \\o alone: terminal
   \\i FILE       run the SQL in FILE
+  \\pager        page results on the terminal (toggle; on at start)
   \\q            quit (also Ctrl-D); Ctrl-C cancels a running statement";

@@ -18,7 +18,8 @@ struct Pty {
 }
 
 impl Pty {
-    fn start(ws: &Workspace) -> Pty {
+    /// The shell with `pager` as its pager (`SPILLWAY_PAGER`).
+    fn start(ws: &Workspace, pager: &str) -> Pty {
         let binary = std::env::var("SPILLWAY_TEST_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spillway").to_string());
         let command = ws.command();
@@ -35,6 +36,7 @@ impl Pty {
             .env("SPILLWAY_HISTORY", ws.path("history"))
             .env("TERM", "xterm")
             .env("SHELL", "/bin/sh")
+            .env("SPILLWAY_PAGER", pager)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -118,7 +120,7 @@ fn the_shell_runs_multi_line_sql_completes_names_and_cancels_with_ctrl_c() {
     let table = ws.gen_claims(2_000, 1, "csv", "claims");
     ws.write("spillway.toml", table);
     ws.write("two.sql", "SELECT 40 + 2 AS answer;\n");
-    let mut shell = Pty::start(&ws);
+    let mut shell = Pty::start(&ws, "cat");
 
     // A statement over two lines runs at its `;`.
     shell.send_line("SELECT count(*) AS n").unwrap();
@@ -180,4 +182,33 @@ fn the_shell_runs_multi_line_sql_completes_names_and_cancels_with_ctrl_c() {
     assert!(written.starts_with("plan_id\n"), "{written}");
     let history = std::fs::read_to_string(ws.path("history")).unwrap();
     assert!(history.contains("SELECT 7 * 6 AS again;"), "{history}");
+}
+
+#[test]
+fn results_on_the_terminal_go_through_the_pager_until_it_is_toggled_off() {
+    let ws = Workspace::new();
+    // The pager keeps a copy of what it is given, and shows it.
+    let mut shell = Pty::start(&ws, "tee -a paged.txt");
+    shell
+        .send_line("SELECT 'through the pager' AS first;")
+        .unwrap();
+    shell.expect("through the pager");
+    shell.expect("spillway> ");
+    shell.send_line("\\pager").unwrap();
+    shell.expect("Pager is off.");
+    shell.expect("spillway> ");
+    shell.send_line("SELECT 'straight out' AS second;").unwrap();
+    shell.expect("straight out");
+    shell.expect("spillway> ");
+    shell.send_line("\\q").unwrap();
+    assert_eq!(shell.finish(), 0);
+    let paged = std::fs::read_to_string(ws.path("paged.txt")).unwrap();
+    assert_eq!(
+        paged,
+        "+-------------------+\n\
+         | first             |\n\
+         +-------------------+\n\
+         | through the pager |\n\
+         +-------------------+\n"
+    );
 }
