@@ -587,11 +587,16 @@ fn settle_format(
         .compression
         .or(detected.map(|(_, compression, _)| compression))
         .unwrap_or(Compression::None);
-    if matches!(format, TableFormat::Parquet | TableFormat::Xlsx) && compression != Compression::None
+    if matches!(format, TableFormat::Parquet | TableFormat::Xlsx)
+        && compression != Compression::None
     {
         return Err(Error::Usage(format!(
             "{} files carry their own compression: remove `compression`",
-            if format == TableFormat::Xlsx { "Excel" } else { "Parquet" }
+            if format == TableFormat::Xlsx {
+                "Excel"
+            } else {
+                "Parquet"
+            }
         )));
     }
     let tab = detected.is_some_and(|(_, _, tab)| tab);

@@ -76,6 +76,8 @@ pub(crate) enum ReportFormat {
     Csv,
     Parquet,
     Json,
+    /// An Excel workbook, with an `About` sheet telling the run.
+    Xlsx,
 }
 
 /// `schedule = { cron = "...", timezone = "..." }`, already checked to parse.
@@ -166,6 +168,7 @@ impl ReportFormat {
             "csv" => Some(ReportFormat::Csv),
             "parquet" => Some(ReportFormat::Parquet),
             "json" | "ndjson" | "jsonl" => Some(ReportFormat::Json),
+            "xlsx" => Some(ReportFormat::Xlsx),
             _ => None,
         }
     }
@@ -182,6 +185,7 @@ impl ReportFormat {
             ReportFormat::Csv => "csv",
             ReportFormat::Parquet => "parquet",
             ReportFormat::Json => "json",
+            ReportFormat::Xlsx => "xlsx",
         }
     }
 }

@@ -65,10 +65,12 @@ pub(crate) async fn read(
         .await
         .map_err(|e| crate::storage::store_error(&path, e))?;
     let (sheet, schema) = (spec.sheet.clone(), spec.schema.clone());
+    // `header = false` in the table's settings: the first row is data too.
+    let header = spec.csv.header || !spec.csv.header_set;
     // Unzipping and parsing XML is CPU work: off the runtime's threads.
     tokio::task::spawn_blocking(move || {
         let (name, range) = read_sheet(bytes.to_vec(), sheet.as_deref(), &path)?;
-        build_table(&range, schema.as_ref())
+        build_table(&range, header, schema.as_ref())
             .map_err(|e| e.context(format!("file `{path}`, sheet `{name}`")))
     })
     .await
@@ -183,16 +185,30 @@ fn column_names(header: &[Data]) -> Vec<String> {
     names
 }
 
-/// The sheet as Arrow batches. A configured schema's columns (matched by name) take its
-/// types, cast from what the cells hold; the other columns keep their inferred types.
-fn build_table(range: &calamine::Range<Data>, configured: Option<&SchemaRef>) -> Result<SheetTable> {
+/// The sheet as Arrow batches: its first row names the columns (without `header`, they are
+/// `column_1`, `column_2`, ... and every row is data). A configured schema's columns (matched
+/// by name) take its types, cast from what the cells hold; the others keep inferred types.
+fn build_table(
+    range: &calamine::Range<Data>,
+    header: bool,
+    configured: Option<&SchemaRef>,
+) -> Result<SheetTable> {
     let mut rows = range.rows();
-    let Some(header) = rows.next() else {
-        return Err(Error::Input(
-            "the sheet is empty: an Excel table needs a header row".into(),
-        ));
-    };
-    let names = column_names(header);
+    let names =
+        match header {
+            true => match rows.next() {
+                Some(header) => column_names(header),
+                None => return Err(Error::Input(
+                    "the sheet is empty: an Excel table needs a header row (or `header = false` \
+                     and at least one row)"
+                        .into(),
+                )),
+            },
+            false if range.is_empty() => {
+                return Err(Error::Input("the sheet is empty".into()));
+            }
+            false => column_names(&vec![Data::Empty; range.width()]),
+        };
     let data: Vec<&[Data]> = rows.collect();
     let kinds: Vec<Option<Kind>> = (0..names.len())
         .map(|column| {
@@ -241,14 +257,18 @@ fn build_table(range: &calamine::Range<Data>, configured: Option<&SchemaRef>) ->
             };
             columns.push(array);
         }
-        batches.push(RecordBatch::try_new(schema.clone(), columns)?);
+        let batch = RecordBatch::try_new(schema.clone(), columns)
+            .map_err(|e| Error::Internal(format!("building a batch of the sheet: {e}")))?;
+        batches.push(batch);
     }
     Ok(SheetTable { schema, batches })
 }
 
 /// One column of a chunk of rows as an array of `data_type` (one of [`arrow_type`]'s).
 fn column_array(rows: &[&[Data]], column: usize, data_type: &DataType) -> ArrayRef {
-    let cells = rows.iter().map(|row| row.get(column).unwrap_or(&Data::Empty));
+    let cells = rows
+        .iter()
+        .map(|row| row.get(column).unwrap_or(&Data::Empty));
     match data_type {
         DataType::Int64 => {
             let mut builder = Int64Builder::with_capacity(rows.len());
@@ -371,12 +391,48 @@ mod tests {
     fn columns_are_typed_from_their_cells_and_mixed_columns_become_text() {
         // 45292 is 2024-01-01 in Excel's 1900 system; .5 is noon.
         let range = sheet(vec![
-            vec![text("id"), text("cost"), text("ok"), text("day"), text("at"), text("code"), text("mix"), text("")],
-            vec![Data::Float(1.0), Data::Float(2.5), Data::Bool(true), date(45292.0), date(45292.5), text("00123"), Data::Float(7.0), Data::Empty],
-            vec![Data::Float(2.0), Data::Float(3.0), Data::Empty, date(45293.0), date(45293.0), text("00456"), text("x"), Data::Empty],
-            vec![Data::Empty, Data::Error(calamine::CellErrorType::NA), Data::Bool(false), Data::Empty, Data::Empty, Data::Empty, Data::Bool(true), Data::Empty],
+            vec![
+                text("id"),
+                text("cost"),
+                text("ok"),
+                text("day"),
+                text("at"),
+                text("code"),
+                text("mix"),
+                text(""),
+            ],
+            vec![
+                Data::Float(1.0),
+                Data::Float(2.5),
+                Data::Bool(true),
+                date(45292.0),
+                date(45292.5),
+                text("00123"),
+                Data::Float(7.0),
+                Data::Empty,
+            ],
+            vec![
+                Data::Float(2.0),
+                Data::Float(3.0),
+                Data::Empty,
+                date(45293.0),
+                date(45293.0),
+                text("00456"),
+                text("x"),
+                Data::Empty,
+            ],
+            vec![
+                Data::Empty,
+                Data::Error(calamine::CellErrorType::NA),
+                Data::Bool(false),
+                Data::Empty,
+                Data::Empty,
+                Data::Empty,
+                Data::Bool(true),
+                Data::Empty,
+            ],
         ]);
-        let table = build_table(&range, None).unwrap();
+        let table = build_table(&range, true, None).unwrap();
         let types: Vec<(&str, &DataType)> = table
             .schema
             .fields()
@@ -427,12 +483,19 @@ mod tests {
             vec![text("zip"), text("n")],
             vec![Data::Float(2138.0), Data::Float(1.0)],
         ]);
-        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("n", DataType::Float64, true)]));
-        let table = build_table(&range, Some(&schema)).unwrap();
+        let schema: SchemaRef =
+            Arc::new(Schema::new(vec![Field::new("n", DataType::Float64, true)]));
+        let table = build_table(&range, true, Some(&schema)).unwrap();
         assert_eq!(table.schema.field(1).data_type(), &DataType::Float64);
         assert_eq!(table.schema.field(0).data_type(), &DataType::Int64);
         let wrong: SchemaRef = Arc::new(Schema::new(vec![Field::new("zap", DataType::Utf8, true)]));
-        let error = build_table(&range, Some(&wrong)).err().unwrap().to_string();
-        assert!(error.contains("`zap`") && error.contains("zip, n"), "{error}");
+        let error = build_table(&range, true, Some(&wrong))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("`zap`") && error.contains("zip, n"),
+            "{error}"
+        );
     }
 }

@@ -244,7 +244,10 @@ fn build_definition(
             let parsed = ReportFormat::parse(format.get_ref()).ok_or_else(|| {
                 at.error(
                     &format,
-                    format!("format `{}`: use csv, parquet or json", format.get_ref()),
+                    format!(
+                        "format `{}`: use csv, parquet, json or xlsx",
+                        format.get_ref()
+                    ),
                 )
             })?;
             if let Some(from_extension) = inferred.filter(|inferred| *inferred != parsed) {
