@@ -210,7 +210,7 @@ impl<W: Write + Send> XlsxWriter<W> {
         if u64::from(self.next_row) + rows as u64 > u64::from(MAX_SHEET_ROWS) {
             return Err(WriteError::Failed(Error::Output(format!(
                 "{}: the result has more than {} rows, and an Excel sheet holds {} with the \
-                 header; nothing was written (write CSV or Parquet, or narrow the query)",
+                 header; nothing was published (write CSV or Parquet, or narrow the query)",
                 self.described,
                 group_digits(u64::from(MAX_SHEET_ROWS) - 1),
                 group_digits(u64::from(MAX_SHEET_ROWS)),
@@ -521,7 +521,7 @@ mod tests {
             Err(WriteError::Failed(Error::Output(message))) => assert_eq!(
                 message,
                 "out.xlsx: the result has more than 1,048,575 rows, and an Excel sheet holds \
-                 1,048,576 with the header; nothing was written (write CSV or Parquet, or \
+                 1,048,576 with the header; nothing was published (write CSV or Parquet, or \
                  narrow the query)"
             ),
             _ => panic!("expected the row limit"),

@@ -4,6 +4,7 @@
 mod cluster;
 mod common;
 mod errors;
+mod excel;
 mod gen;
 mod inspect;
 mod memory;
