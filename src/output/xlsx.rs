@@ -401,7 +401,7 @@ fn group_digits(value: u64) -> String {
     let digits = value.to_string();
     let mut grouped = String::new();
     for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
+        if index > 0 && (digits.len() - index).is_multiple_of(3) {
             grouped.push(',');
         }
         grouped.push(digit);
@@ -511,7 +511,7 @@ mod tests {
     fn a_workbook_is_a_zip_and_the_row_limit_refuses_a_batch_whole() {
         let batch = batch();
         let mut writer = XlsxWriter::new(&batch.schema(), None, Vec::new(), "out.xlsx").unwrap();
-        writer.write(&batch).unwrap();
+        assert!(writer.write(&batch).is_ok());
         let bytes = writer.close().ok().unwrap();
         assert_eq!(&bytes[..2], b"PK");
 
