@@ -594,7 +594,11 @@ mod tests {
                 "Mars/Olympus",
             ),
             ("output = \"{nope}.csv\"", 3, "{nope}"),
-            ("format = \"xlsx\"", 3, "xlsx"),
+            (
+                "format = \"xls\"",
+                3,
+                "format `xls`: use csv, parquet, json or xlsx",
+            ),
             ("[params.name]\ntype = \"string\"", 3, "reserved"),
         ];
         for (body, expected_line, needle) in cases {
