@@ -46,6 +46,7 @@ data="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/claims-$rows-parquet"
 if [ ! -d "$data" ] || [ ! -f "$data.toml" ]; then
   echo "xlsx.sh: generating $rows claims (parquet) in $data" >&2
   rm -rf "$data"
+  mkdir -p "$(dirname "$data")"
   "$SPILLWAY_BIN" gen claims --rows "$rows" --files 8 --format parquet --out "$data" --seed 42 \
     --print-config > "$data.toml.tmp"
   mv "$data.toml.tmp" "$data.toml"
