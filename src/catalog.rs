@@ -5,8 +5,11 @@
 //! and digit-string columns sniffed from a sample: `sniff`). [`register`]
 //! resolves its location through `storage`, settles the format and the schema, checks that the
 //! files agree with each other (naming both files and the column when they do not), and
-//! registers a `ListingTable`. Must not read table data beyond the bounded schema sample.
+//! registers a `ListingTable`. Must not read table data beyond the bounded schema sample, except
+//! for Excel workbooks, which are read whole into an in-memory table (`excel` says why that is
+//! bounded).
 
+pub(crate) mod excel;
 pub(crate) mod sniff;
 
 use crate::config::{single_byte, ColumnType, S3Settings, TableSection};
@@ -40,6 +43,8 @@ pub(crate) enum TableFormat {
     Csv,
     Parquet,
     NdJson,
+    /// An Excel workbook (`.xlsx`): one sheet, read whole (see `excel`).
+    Xlsx,
 }
 
 impl TableFormat {
@@ -49,6 +54,7 @@ impl TableFormat {
             TableFormat::Csv => "csv",
             TableFormat::Parquet => "parquet",
             TableFormat::NdJson => "ndjson",
+            TableFormat::Xlsx => "xlsx",
         }
     }
 
@@ -58,8 +64,9 @@ impl TableFormat {
             "csv" | "tsv" => Ok(TableFormat::Csv),
             "parquet" => Ok(TableFormat::Parquet),
             "ndjson" | "jsonl" | "json" => Ok(TableFormat::NdJson),
+            "xlsx" | "excel" => Ok(TableFormat::Xlsx),
             other => Err(format!(
-                "unknown table format `{other}` (expected csv, parquet or ndjson)"
+                "unknown table format `{other}` (expected csv, parquet, ndjson or xlsx)"
             )),
         }
     }
@@ -119,6 +126,7 @@ fn detect_from_name(name: &str) -> Option<(TableFormat, Compression, bool)> {
         "tsv" => (TableFormat::Csv, true),
         "parquet" | "parq" => (TableFormat::Parquet, false),
         "ndjson" | "jsonl" | "json" => (TableFormat::NdJson, false),
+        "xlsx" => (TableFormat::Xlsx, false),
         _ => return None,
     };
     Some((format, compression, tab))
@@ -166,6 +174,8 @@ pub(crate) struct TableSpec {
     pub(crate) infer_rows: usize,
     /// S3 settings of this table's bucket, over `[storage.s3]`.
     pub(crate) s3: Option<S3Settings>,
+    /// The sheet an Excel table reads (`None`: the first).
+    pub(crate) sheet: Option<String>,
 }
 
 impl TableSpec {
@@ -181,6 +191,7 @@ impl TableSpec {
             schema: None,
             infer_rows: DEFAULT_INFER_ROWS,
             s3: None,
+            sheet: None,
         }
     }
 
@@ -228,6 +239,7 @@ impl TableSpec {
         spec.schema = section.columns(name)?.as_deref().map(explicit_schema);
         spec.infer_rows = section.infer_rows.unwrap_or(infer_rows);
         spec.s3 = section.s3.clone();
+        spec.sheet = section.sheet.clone();
         if spec.infer_rows == 0 {
             return Err(config_error("infer_rows", "must be at least 1".into()));
         }
@@ -243,7 +255,8 @@ pub(crate) struct RegisteredTable {
     pub(crate) format: TableFormat,
     pub(crate) resolved: ResolvedLocation,
     pub(crate) schema: SchemaRef,
-    listing_format: Arc<dyn FileFormat>,
+    /// DataFusion's reader of the files; `None` for an Excel table (read whole, in memory).
+    listing_format: Option<Arc<dyn FileFormat>>,
 }
 
 impl RegisteredTable {
@@ -251,7 +264,13 @@ impl RegisteredTable {
     /// malformed record (DataFusion's CSV errors do not name the file).
     pub(crate) fn single_file_table(&self, file: &ObjectMeta) -> Result<ListingTable> {
         let url = self.resolved.location.file_url(&file.location)?;
-        let options = ListingOptions::new(self.listing_format.clone()).with_file_extension("");
+        let Some(listing_format) = &self.listing_format else {
+            return Err(Error::Internal(format!(
+                "table `{}` is not a listing table",
+                self.spec.name
+            )));
+        };
+        let options = ListingOptions::new(listing_format.clone()).with_file_extension("");
         let config = ListingTableConfig::new(url)
             .with_listing_options(options)
             .with_schema(self.schema.clone());
@@ -324,6 +343,19 @@ pub(crate) async fn register(
     let in_table = |e: Error| e.context(format!("table `{}`", spec.name));
     let (location, mut resolved) = list_files(store, spec).await?;
     let (format, compression, tab) = settle_format(spec, &resolved).map_err(in_table)?;
+    if spec.sheet.is_some() && format != TableFormat::Xlsx {
+        return Err(Error::Config(format!(
+            "tables.{}.sheet: only Excel (.xlsx) tables have sheets; `{}` is {}",
+            spec.name,
+            spec.location,
+            format.name()
+        )));
+    }
+    if format == TableFormat::Xlsx {
+        return register_excel(ctx, store, spec, &location, resolved)
+            .await
+            .map_err(in_table);
+    }
     let sniffing = format == TableFormat::Csv && compression == Compression::None;
     let spec = &match (sniffing, resolved.files.first()) {
         (true, Some(first)) => {
@@ -408,7 +440,41 @@ pub(crate) async fn register(
         format,
         resolved,
         schema: file_schema,
-        listing_format,
+        listing_format: Some(listing_format),
+    })
+}
+
+/// Register an Excel table: its one workbook's sheet, read whole into an in-memory table.
+async fn register_excel(
+    ctx: &SessionContext,
+    store: &Arc<dyn ObjectStore>,
+    spec: &TableSpec,
+    location: &Location,
+    mut resolved: ResolvedLocation,
+) -> Result<RegisteredTable> {
+    if location.is_folder() && location.pattern.is_none() {
+        resolved.files.retain(|meta| has_extension(meta, ".xlsx"));
+    }
+    let file = match resolved.files.as_slice() {
+        [file] => file.clone(),
+        files => {
+            return Err(Error::Usage(format!(
+                "an Excel table reads one workbook, and `{}` names {} files; point it at one \
+                 .xlsx file",
+                spec.location,
+                files.len()
+            )))
+        }
+    };
+    let sheet = excel::read(store, spec, &file).await?;
+    let schema = sheet.schema.clone();
+    ctx.register_table(spec.name.as_str(), Arc::new(sheet.into_provider()?))?;
+    Ok(RegisteredTable {
+        spec: spec.clone(),
+        format: TableFormat::Xlsx,
+        resolved,
+        schema,
+        listing_format: None,
     })
 }
 
@@ -521,10 +587,17 @@ fn settle_format(
         .compression
         .or(detected.map(|(_, compression, _)| compression))
         .unwrap_or(Compression::None);
-    if format == TableFormat::Parquet && compression != Compression::None {
-        return Err(Error::Usage(
-            "Parquet files carry their own compression: remove `compression`".into(),
-        ));
+    if matches!(format, TableFormat::Parquet | TableFormat::Xlsx)
+        && compression != Compression::None
+    {
+        return Err(Error::Usage(format!(
+            "{} files carry their own compression: remove `compression`",
+            if format == TableFormat::Xlsx {
+                "Excel"
+            } else {
+                "Parquet"
+            }
+        )));
     }
     let tab = detected.is_some_and(|(_, _, tab)| tab);
     Ok((format, compression, tab))
@@ -575,6 +648,7 @@ fn data_extension(
             (TableFormat::Csv, false) => ".csv",
             (TableFormat::Parquet, _) => ".parquet",
             (TableFormat::NdJson, _) => ".json",
+            (TableFormat::Xlsx, _) => ".xlsx",
         };
         let suffix = match compression {
             Compression::None => "",
@@ -616,6 +690,11 @@ fn file_format(
                 .with_schema_infer_max_rec(spec.infer_rows)
                 .with_file_compression_type(compression.file_type()),
         ),
+        TableFormat::Xlsx => {
+            return Err(Error::Internal(
+                "Excel tables are read whole, not through a listing".into(),
+            ))
+        }
     })
 }
 
@@ -915,6 +994,10 @@ mod tests {
         assert_eq!(
             detect_from_name("e.jsonl.zst"),
             Some((TableFormat::NdJson, Compression::Zstd, false))
+        );
+        assert_eq!(
+            detect_from_name("Book1.XLSX"),
+            Some((TableFormat::Xlsx, Compression::None, false))
         );
         assert_eq!(detect_from_name("README"), None);
     }

@@ -433,10 +433,10 @@ pub(crate) struct SqlArgs {
 #[derive(Debug, Args)]
 pub(crate) struct TableArgs {
     /// A table: NAME=LOCATION, where LOCATION is a file, a folder or a glob (*, **, ?, [..], {a,b});
-    /// the format comes from the extension (.csv, .csv.gz, .tsv, .parquet, .ndjson, .json)
+    /// the format comes from the extension (.csv, .csv.gz, .tsv, .parquet, .ndjson, .json, .xlsx)
     #[arg(short = 't', long = "table", value_name = "NAME=LOCATION")]
     pub(crate) tables: Vec<String>,
-    /// The format of a table whose file names do not tell it: NAME=csv|parquet|ndjson
+    /// The format of a table whose file names do not tell it: NAME=csv|parquet|ndjson|xlsx
     #[arg(long = "table-format", value_name = "NAME=FORMAT")]
     pub(crate) table_formats: Vec<String>,
     /// Rows read per file to infer a schema when a table has none [default: 1000]

@@ -314,7 +314,7 @@ pub(crate) struct EngineSection {
 pub(crate) struct TableSection {
     /// A file, a folder or a glob.
     pub(crate) location: String,
-    /// `csv`, `parquet` or `ndjson`; by default from the files' extension.
+    /// `csv`, `parquet`, `ndjson` or `xlsx`; by default from the files' extension.
     pub(crate) format: Option<String>,
     pub(crate) header: Option<bool>,
     pub(crate) delimiter: Option<String>,
@@ -333,6 +333,8 @@ pub(crate) struct TableSection {
     pub(crate) infer_rows: Option<usize>,
     /// S3 settings for this table's bucket, over `[storage.s3]`.
     pub(crate) s3: Option<S3Settings>,
+    /// The sheet an Excel table reads; by default its first.
+    pub(crate) sheet: Option<String>,
 }
 
 impl ConfigFile {

@@ -82,6 +82,9 @@ pub(crate) fn describe_toml(spec: &TableSpec, format: &str, schema: &SchemaRef) 
             text.push_str("header = false\n");
         }
     }
+    if let Some(sheet) = spec.sheet.as_ref().filter(|_| format == "xlsx") {
+        text.push_str(&format!("sheet = {}\n", toml::Value::String(sheet.clone())));
+    }
     text.push_str(&format!("\n[tables.{}.schema]\n", spec.name));
     for field in schema.fields() {
         let name = field.name();

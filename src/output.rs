@@ -6,6 +6,9 @@
 //! shows). A file destination is written under a hidden temporary name in the target folder and
 //! renamed over the target only when the last byte is written and synced, so a failed, cancelled
 //! or killed run leaves either the previous file or nothing. Must not buffer a whole result.
+//! Excel workbooks are written by `xlsx`.
+
+pub(crate) mod xlsx;
 
 use crate::error::{Error, Result};
 use crate::storage::ObjectTarget;
@@ -43,6 +46,8 @@ pub(crate) enum OutputFormat {
     NdJson,
     Parquet,
     Arrow,
+    /// An Excel workbook (see `xlsx`).
+    Xlsx,
 }
 
 impl OutputFormat {
@@ -52,7 +57,7 @@ impl OutputFormat {
         match name.as_str() {
             "table" => Ok(OutputFormat::Table),
             other => Self::by_name(other).ok_or_else(|| {
-                format!("unknown format `{other}` (expected table, csv, tsv, json, ndjson, parquet or arrow)")
+                format!("unknown format `{other}` (expected table, csv, tsv, json, ndjson, parquet, arrow or xlsx)")
             }),
         }
     }
@@ -75,6 +80,7 @@ impl OutputFormat {
             "ndjson" | "jsonl" => OutputFormat::NdJson,
             "parquet" => OutputFormat::Parquet,
             "arrow" | "ipc" | "feather" => OutputFormat::Arrow,
+            "xlsx" => OutputFormat::Xlsx,
             _ => return None,
         })
     }
@@ -116,6 +122,8 @@ pub(crate) struct OutputSpec {
     pub(crate) manifest: bool,
     /// Parquet modular encryption (`--encrypt`): footer and every column under this AES key.
     pub(crate) encryption: Option<EncryptionKey>,
+    /// A report's run, told on the `About` sheet of an Excel output (other formats ignore it).
+    pub(crate) about: Option<xlsx::WorkbookAbout>,
 }
 
 /// The AES key of an encrypted Parquet output. Its `Debug` shows nothing of it.
@@ -335,6 +343,7 @@ pub(crate) async fn print_batch(batch: RecordBatch, format: OutputFormat) -> Res
         max_table_rows: 0,
         manifest: false,
         encryption: None,
+        about: None,
     };
     let mut sink = Sink::open(&spec, batch.schema(), None).await?;
     sink.write(batch).await?;
@@ -707,6 +716,7 @@ enum FormatWriter {
     NdJson(datafusion::arrow::json::LineDelimitedWriter<Counted>),
     Parquet(Box<ArrowWriter<Counted>>),
     Arrow(datafusion::arrow::ipc::writer::FileWriter<Counted>),
+    Xlsx(Box<xlsx::XlsxWriter<Counted>>),
     Table(TableWriter),
 }
 
@@ -776,6 +786,12 @@ impl FormatWriter {
                     .map_err(|e| failed(&e))?;
                 FormatWriter::Arrow(writer)
             }
+            OutputFormat::Xlsx => FormatWriter::Xlsx(Box::new(xlsx::XlsxWriter::new(
+                &schema,
+                spec.about.clone(),
+                out,
+                &described,
+            )?)),
             OutputFormat::Table => FormatWriter::Table(TableWriter::new(out, spec.max_table_rows)),
         })
     }
@@ -788,6 +804,8 @@ impl FormatWriter {
             FormatWriter::Parquet(writer) => writer.write(batch).map_err(parquet_io),
             FormatWriter::Arrow(writer) => writer.write(batch).map_err(arrow_io),
             FormatWriter::Table(writer) => writer.write(batch),
+            // Its own errors: the row limit is not an I/O failure.
+            FormatWriter::Xlsx(writer) => return writer.write(batch),
         };
         result.map_err(classify_io)
     }
@@ -807,8 +825,14 @@ impl FormatWriter {
             FormatWriter::Parquet(writer) => writer.into_inner().map_err(parquet_io),
             FormatWriter::Arrow(writer) => writer.into_inner().map_err(arrow_io),
             FormatWriter::Table(writer) => writer.close(),
+            FormatWriter::Xlsx(writer) => return Self::publish(writer.close()?),
         }
         .map_err(classify_io)?;
+        Self::publish(out)
+    }
+
+    /// Publish the finished target; return the bytes written and their SHA-256 (or "").
+    fn publish(out: Counted) -> std::result::Result<(u64, String), WriteError> {
         let bytes = out.bytes;
         let sha256 = out
             .sha256

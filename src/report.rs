@@ -80,6 +80,8 @@ pub(crate) enum ReportFormat {
     Csv,
     Parquet,
     Json,
+    /// An Excel workbook, with an `About` sheet telling the run.
+    Xlsx,
 }
 
 /// `schedule = { cron = "...", timezone = "..." }`, already checked to parse.
@@ -170,6 +172,7 @@ impl ReportFormat {
             "csv" => Some(ReportFormat::Csv),
             "parquet" => Some(ReportFormat::Parquet),
             "json" | "ndjson" | "jsonl" => Some(ReportFormat::Json),
+            "xlsx" => Some(ReportFormat::Xlsx),
             _ => None,
         }
     }
@@ -186,6 +189,7 @@ impl ReportFormat {
             ReportFormat::Csv => "csv",
             ReportFormat::Parquet => "parquet",
             ReportFormat::Json => "json",
+            ReportFormat::Xlsx => "xlsx",
         }
     }
 }

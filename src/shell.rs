@@ -306,6 +306,7 @@ impl Session {
                 max_table_rows: 0,
                 manifest: false,
                 encryption: None,
+                about: None,
             },
             None => OutputSpec {
                 format: OutputFormat::Table,
@@ -316,6 +317,7 @@ impl Session {
                 max_table_rows: self.options.max_rows,
                 manifest: false,
                 encryption: None,
+                about: None,
             },
         };
         let options = RunOptions {

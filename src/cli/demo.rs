@@ -43,6 +43,7 @@ pub(crate) async fn run(
             max_table_rows: 15,
             manifest: false,
             encryption: None,
+            about: None,
         },
         stats: true,
         progress,

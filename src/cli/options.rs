@@ -280,7 +280,7 @@ pub(crate) fn output_spec(
         (Some(format), _) => *format,
         (None, Some(path)) => OutputFormat::from_path(path).ok_or_else(|| {
             Error::Usage(format!(
-                "-o {}: cannot tell the format from the extension; add --format csv|tsv|json|ndjson|parquet|arrow",
+                "-o {}: cannot tell the format from the extension; add --format csv|tsv|json|ndjson|parquet|arrow|xlsx",
                 path.display()
             ))
         })?,
@@ -296,6 +296,7 @@ pub(crate) fn output_spec(
         max_table_rows: args.max_rows,
         manifest: false,
         encryption,
+        about: None,
     })
 }
 

@@ -248,7 +248,10 @@ fn build_definition(
             let parsed = ReportFormat::parse(format.get_ref()).ok_or_else(|| {
                 at.error(
                     &format,
-                    format!("format `{}`: use csv, parquet or json", format.get_ref()),
+                    format!(
+                        "format `{}`: use csv, parquet, json or xlsx",
+                        format.get_ref()
+                    ),
                 )
             })?;
             if let Some(from_extension) = inferred.filter(|inferred| *inferred != parsed) {
@@ -608,7 +611,11 @@ mod tests {
                 "Mars/Olympus",
             ),
             ("output = \"{nope}.csv\"", 3, "{nope}"),
-            ("format = \"xlsx\"", 3, "xlsx"),
+            (
+                "format = \"xls\"",
+                3,
+                "format `xls`: use csv, parquet, json or xlsx",
+            ),
             ("[params.name]\ntype = \"string\"", 3, "reserved"),
         ];
         for (body, expected_line, needle) in cases {

@@ -10,6 +10,7 @@
 use crate::catalog::TableSpec;
 use crate::engine::{Engine, EngineOptions};
 use crate::error::{Error, Result};
+use crate::output::xlsx::WorkbookAbout;
 use crate::output::{self, Destination, OutputFormat, OutputSpec};
 use crate::query::{self, RunOptions};
 use crate::report::alerts::FiringAlerts;
@@ -277,9 +278,28 @@ impl<'a> ReportRun<'a> {
             .render_output(&self.values, scheduled_date, &self.run_id.to_string())
             .map(crate::storage::normalize_output)
             .map_err(Error::from)?;
+        let format = output_format(report.effective_format());
+        // The files read: for the audit log, and for an Excel output's `About` sheet.
+        let inputs = match engine.audit_log().is_some() || format == OutputFormat::Xlsx {
+            true => engine.input_files(&plan),
+            false => Vec::new(),
+        };
+        let parameters: Vec<(String, String)> = self
+            .values
+            .iter()
+            .map(|(name, value)| (name.clone(), value.to_string()))
+            .collect();
+        let about = (format == OutputFormat::Xlsx).then(|| WorkbookAbout {
+            report: report.name.clone(),
+            description: report.description.clone(),
+            parameters: parameters.clone(),
+            scheduled_for: self.scheduled_for,
+            started: Utc::now(),
+            inputs: inputs.clone(),
+        });
         let options = RunOptions {
             output: OutputSpec {
-                format: output_format(report.effective_format()),
+                format,
                 destination: destination(&output)?,
                 max_table_rows: 0,
                 manifest: true,
@@ -287,31 +307,23 @@ impl<'a> ReportRun<'a> {
                     true => Some(
                         crate::privacy::output_key(
                             "encrypt = true",
-                            output_format(report.effective_format()),
+                            format,
                             context.options.privacy.as_deref(),
                         )
                         .map_err(in_report)?,
                     ),
                     false => None,
                 },
+                about,
             },
             stats: false,
             progress: false,
             entry: self.entry,
         };
-        let inputs = match engine.audit_log() {
-            Some(_) => engine.input_files(&plan),
-            None => Vec::new(),
-        };
         let result = query::run_statement(&engine, plan, &options)
             .await
             .map(Some)
             .map_err(in_report);
-        let parameters = self
-            .values
-            .iter()
-            .map(|(name, value)| (name.clone(), value.to_string()))
-            .collect();
         let sql = report.sql.clone();
         query::audit_statement(
             &engine,
@@ -355,6 +367,7 @@ fn output_format(format: ReportFormat) -> OutputFormat {
         ReportFormat::Csv => OutputFormat::Csv,
         ReportFormat::Parquet => OutputFormat::Parquet,
         ReportFormat::Json => OutputFormat::Json,
+        ReportFormat::Xlsx => OutputFormat::Xlsx,
     }
 }
 

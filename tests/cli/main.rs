@@ -5,6 +5,7 @@ mod alerts;
 mod cluster;
 mod common;
 mod errors;
+mod excel;
 mod gen;
 mod inspect;
 mod memory;
