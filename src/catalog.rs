@@ -140,6 +140,8 @@ pub(crate) struct CsvDialect {
     pub(crate) header_set: bool,
     pub(crate) delimiter: Option<u8>,
     pub(crate) quote: u8,
+    /// Whether the table's settings say `quote` (else `"` or `'` is sniffed).
+    pub(crate) quote_set: bool,
     pub(crate) escape: Option<u8>,
     /// Values read as NULL.
     pub(crate) null_values: Vec<String>,
@@ -152,6 +154,7 @@ impl Default for CsvDialect {
             header_set: false,
             delimiter: None,
             quote: b'"',
+            quote_set: false,
             escape: None,
             null_values: Vec::new(),
         }
@@ -230,6 +233,7 @@ impl TableSpec {
         }
         if let Some(quote) = &section.quote {
             spec.csv.quote = single_byte(&key("quote"), quote)?;
+            spec.csv.quote_set = true;
         }
         if let Some(escape) = &section.escape {
             spec.csv.escape = Some(single_byte(&key("escape"), escape)?);

@@ -81,6 +81,10 @@ pub(crate) fn describe_toml(spec: &TableSpec, format: &str, schema: &SchemaRef) 
         if !spec.csv.header {
             text.push_str("header = false\n");
         }
+        if spec.csv.quote != b'"' {
+            let shown = (spec.csv.quote as char).to_string();
+            text.push_str(&format!("quote = {}\n", toml::Value::String(shown)));
+        }
     }
     if let Some(sheet) = spec.sheet.as_ref().filter(|_| format == "xlsx") {
         text.push_str(&format!("sheet = {}\n", toml::Value::String(sheet.clone())));

@@ -59,13 +59,17 @@ fn records(sample: &[u8], delimiter: u8, quote: u8, limit: usize) -> Vec<Vec<Str
         .collect()
 }
 
-/// Fill in what the table's settings leave open: the delimiter (`,` `|` tab `;`, whichever
-/// splits the sample's rows into the same number of fields, more than one) and whether the
+/// Fill in what the table's settings leave open: the quote (`"`, or `'` when more of the
+/// sample's fields are wrapped in it), the delimiter (`,` `|` tab `;`, whichever splits the
+/// sample's rows into the same number of fields, more than one) and whether the
 /// first row is a header (it is when some column's values below are numbers or dates and its
 /// first value is not, or when every first value is text and differs from the rest).
 pub(crate) fn dialect(sample: &[u8], mut dialect: CsvDialect) -> CsvDialect {
     if sample.is_empty() {
         return dialect;
+    }
+    if !dialect.quote_set {
+        dialect.quote = best_quote(sample, dialect.delimiter);
     }
     if dialect.delimiter.is_none() {
         dialect.delimiter = best_delimiter(sample, dialect.quote);
@@ -76,6 +80,41 @@ pub(crate) fn dialect(sample: &[u8], mut dialect: CsvDialect) -> CsvDialect {
         dialect.header = looks_like_header(&rows);
     }
     dialect
+}
+
+/// Quotes tried; `"` wins a tie (RFC 4180).
+const QUOTES: [u8; 2] = [b'"', b'\''];
+
+/// The quote that wraps the most whole fields of the sample, each field found under the
+/// delimiter that quote makes the best (or the table's own).
+fn best_quote(sample: &[u8], delimiter: Option<u8>) -> u8 {
+    let mut best = (QUOTES[0], 0);
+    for quote in QUOTES {
+        let Some(delimiter) = delimiter.or_else(|| best_delimiter(sample, quote)) else {
+            continue;
+        };
+        let wrapped = wrapped_fields(sample, delimiter, quote);
+        if wrapped > best.1 {
+            best = (quote, wrapped);
+        }
+    }
+    best.0
+}
+
+/// Fields of the sample's first 200 lines that begin and end with `quote`, read with no
+/// quoting at all (a delimiter inside quotes splits such a field in two, and neither half
+/// counts, so a wrong guess scores low).
+fn wrapped_fields(sample: &[u8], delimiter: u8, quote: u8) -> usize {
+    sample
+        .split(|b| *b == b'\n')
+        .take(200)
+        .flat_map(|line| {
+            line.strip_suffix(b"\r")
+                .unwrap_or(line)
+                .split(move |b| *b == delimiter)
+        })
+        .filter(|field| field.len() >= 2 && field[0] == quote && field[field.len() - 1] == quote)
+        .count()
 }
 
 fn best_delimiter(sample: &[u8], quote: u8) -> Option<u8> {
@@ -212,6 +251,17 @@ mod tests {
 
     fn sniff(text: &str) -> CsvDialect {
         dialect(text.as_bytes(), CsvDialect::default())
+    }
+
+    #[test]
+    fn single_quotes_are_sniffed_when_they_wrap_fields_and_double_quotes_win_a_tie() {
+        let single = sniff("id;name;city\n1;'Smith; John';'Boston'\n2;'Doe';'Salem'\n");
+        assert_eq!((single.quote, single.delimiter), (b'\'', Some(b';')));
+        let rows = records(b"1;'Smith; John';'Boston'\n", b';', single.quote, 10);
+        assert_eq!(rows, [["1", "Smith; John", "Boston"]]);
+        let double = sniff("id,name\n1,\"O'Brien, Pat\"\n2,\"Doe\"\n");
+        assert_eq!((double.quote, double.delimiter), (b'"', Some(b',')));
+        assert_eq!(sniff("a,b\n1,2\n").quote, b'"');
     }
 
     #[test]

@@ -35,6 +35,35 @@ fn codes_keep_their_leading_zeros_and_the_dialect_is_sniffed() {
 }
 
 #[test]
+fn a_single_quoted_semicolon_extract_is_sniffed_and_described_with_its_quote() {
+    let ws = Workspace::new();
+    ws.write(
+        "payer.txt",
+        "id;name;ndc\n1;'Smith; John';'00002143380'\n2;'Doe';'51234567890'\n",
+    );
+    let out = ws.run(&[
+        "query",
+        "--table",
+        "p=payer.txt",
+        "--format",
+        "csv",
+        "SELECT name, ndc FROM p ORDER BY id",
+    ]);
+    assert_eq!(
+        out.success(),
+        "name,ndc\nSmith; John,00002143380\nDoe,51234567890\n"
+    );
+    let block = ws.run(&["describe", "--toml", "payer.txt"]);
+    assert!(
+        block
+            .success()
+            .starts_with("[tables.payer]\nlocation = \"payer.txt\"\nformat = \"csv\"\ndelimiter = \";\"\nquote = \"'\"\n"),
+        "{}",
+        block.stdout
+    );
+}
+
+#[test]
 fn describe_prints_the_types_and_a_block_that_reads_the_file_the_same_way() {
     let ws = Workspace::new();
     ws.write(
