@@ -1,6 +1,7 @@
 //! Black-box tests of the `spillway` binary: real processes on generated or hand-written data,
 //! expected answers computed independently of the code under test.
 
+mod cloud;
 mod cluster;
 mod common;
 mod errors;
