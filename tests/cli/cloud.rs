@@ -587,7 +587,8 @@ fn make_certificates(ws: &Workspace) {
     }
 }
 
-/// Python's `http.server` over TLS serving `folder`: GET and HEAD, no listing, no PUT.
+/// Python's `http.server` over TLS serving `folder`: GET (with byte ranges) and HEAD, no
+/// listing, no PUT.
 fn plain_https_server(ws: &Workspace, folder: &Path) -> (Running, String) {
     let mut child = Command::new(python())
         .arg(script("https_server.py"))
@@ -744,6 +745,10 @@ fn fake_gcs_server(data: &Path) -> (Running, String) {
             "127.0.0.1",
             "-port",
             &port.to_string(),
+            // Its XML API (the one object_store speaks: listing with `list-type=2`) answers
+            // only requests whose Host is the public host.
+            "-public-host",
+            &format!("127.0.0.1:{port}"),
         ])
         .args(["-backend", "memory", "-log-level", "error", "-data"])
         .arg(data)
