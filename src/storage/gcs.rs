@@ -10,8 +10,8 @@
 use super::client::{allow_http, build_error, Limits};
 use crate::config::GcsSettings;
 use crate::error::Result;
-use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-use object_store::ObjectStore;
+use object_store::gcp::{GcpCredential, GoogleCloudStorageBuilder, GoogleConfigKey};
+use object_store::{ObjectStore, StaticCredentialProvider};
 use std::sync::Arc;
 
 /// A GCS store for `bucket`.
@@ -51,7 +51,15 @@ pub(crate) fn gcs_store(bucket: &str, settings: &GcsSettings) -> Result<Arc<dyn 
         builder = builder.with_base_url(url.trim_end_matches('/'));
     }
     if settings.unsigned == Some(true) {
-        builder = builder.with_skip_signature(true);
+        // object_store 0.13 skips credentials on reads only: its writes (uploads, deletes)
+        // still ask the credential chain, which without a key file means the instance
+        // metadata server. An empty static token keeps unsigned writes to an emulator working
+        // and keeps every request of an unsigned store off the metadata server.
+        builder = builder
+            .with_skip_signature(true)
+            .with_credentials(Arc::new(StaticCredentialProvider::new(GcpCredential {
+                bearer: String::new(),
+            })));
     }
     let store = builder.build().map_err(|e| build_error(&section, e))?;
     Ok(Arc::new(store))

@@ -774,6 +774,64 @@ fn gcs_globs_answer_as_over_the_same_local_files() {
     assert!(err.contains("gs://data/*.parquet"), "{err}");
 }
 
+/// An object's bytes from fake-gcs-server (`MISSING` if absent) and every object name in the
+/// bucket, read with Python's own HTTP client over the emulator's XML and JSON APIs, so the
+/// check does not depend on the code under test.
+fn gcs_object(endpoint: &str, bucket: &str, name: &str) -> (String, Vec<String>) {
+    let out = Command::new(python())
+        .args([
+            "-c",
+            "import json, sys, urllib.request, urllib.error\n\
+             base, bucket, name = sys.argv[1:4]\n\
+             try:\n    sys.stdout.write(urllib.request.urlopen(f'{base}/{bucket}/{name}').read().decode())\n\
+             except urllib.error.HTTPError:\n    sys.stdout.write('MISSING')\n\
+             listed = json.load(urllib.request.urlopen(f'{base}/storage/v1/b/{bucket}/o'))\n\
+             sys.stderr.write(''.join(item['name'] + '\\n' for item in listed.get('items', [])))\n",
+            endpoint,
+            bucket,
+            name,
+        ])
+        .output()
+        .expect("read from fake-gcs-server");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let names = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), names)
+}
+
+/// fake-gcs-server does not implement the XML API's multipart uploads (`POST ?uploads`), which
+/// object_store uses for every `gs://` output, so no emulator here can take a whole output (see
+/// the README). What can be checked: an unsigned store's upload goes to the emulator, never to
+/// the credential chain (object_store asks it on writes even when told to skip signing), fails
+/// as a storage error naming the output, and leaves no object behind.
+#[test]
+fn an_unsigned_gcs_output_never_asks_for_credentials_and_a_failed_upload_leaves_nothing() {
+    let ws = Workspace::new();
+    ws.write("local/t.csv", ROWS);
+    std::fs::create_dir_all(ws.path("gcs/out")).unwrap();
+    let (_server, endpoint) = fake_gcs_server(&ws.path("gcs"));
+    ws.write(
+        "spillway.toml",
+        format!("[storage.gcs]\nendpoint = \"{endpoint}\"\nunsigned = true\n"),
+    );
+    let url = "gs://out/reports/totals.csv";
+    let err = run(
+        &ws,
+        &["query", "-t", "t=local/t.csv", "-o", url, TOTALS_SQL],
+    )
+    .failure(8)
+    .to_string();
+    assert!(err.contains(url), "{err}");
+    assert!(err.contains(&format!("POST {endpoint}/out/")), "{err}");
+    assert!(!err.contains("token"), "asked the credential chain: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let (text, names) = gcs_object(&endpoint, "out", "reports/totals.csv");
+    assert_eq!(text, "MISSING");
+    assert!(names.is_empty(), "{names:?}");
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
