@@ -53,13 +53,13 @@ pub(crate) fn gcs_store(bucket: &str, settings: &GcsSettings) -> Result<Arc<dyn 
     if settings.unsigned == Some(true) {
         // object_store 0.13 skips credentials on reads only: its writes (uploads, deletes)
         // still ask the credential chain, which without a key file means the instance
-        // metadata server. An empty static token keeps unsigned writes to an emulator working
+        // metadata server. An empty static token sends unsigned writes straight to the server
         // and keeps every request of an unsigned store off the metadata server.
-        builder = builder
-            .with_skip_signature(true)
-            .with_credentials(Arc::new(StaticCredentialProvider::new(GcpCredential {
+        builder = builder.with_skip_signature(true).with_credentials(Arc::new(
+            StaticCredentialProvider::new(GcpCredential {
                 bearer: String::new(),
-            })));
+            }),
+        ));
     }
     let store = builder.build().map_err(|e| build_error(&section, e))?;
     Ok(Arc::new(store))

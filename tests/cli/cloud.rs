@@ -793,7 +793,11 @@ fn gcs_object(endpoint: &str, bucket: &str, name: &str) -> (String, Vec<String>)
         ])
         .output()
         .expect("read from fake-gcs-server");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let names = String::from_utf8_lossy(&out.stderr)
         .lines()
         .map(str::to_string)
