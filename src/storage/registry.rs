@@ -56,8 +56,11 @@ pub(crate) struct StoreRegistry {
     /// `[storage.*]`: the settings of every store a table does not configure itself.
     defaults: StorageSection,
     /// One store per `scheme://authority`, with the settings it was built from.
-    stores: Mutex<HashMap<String, (StoreSettings, Arc<dyn ObjectStore>)>>,
+    stores: Mutex<HashMap<String, BuiltStore>>,
 }
+
+/// A store, with the settings it was built from (to refuse a second, different set).
+type BuiltStore = (StoreSettings, Arc<dyn ObjectStore>);
 
 impl StoreRegistry {
     /// The registry of a session whose object stores live in `datafusion`: the local store is

