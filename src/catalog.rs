@@ -12,7 +12,7 @@
 pub(crate) mod excel;
 pub(crate) mod sniff;
 
-use crate::config::{single_byte, ColumnType, S3Settings, TableSection};
+use crate::config::{single_byte, ColumnType, TableSection, TableStorage};
 use crate::error::{Error, Result};
 use crate::storage::{self, Location, ResolvedLocation};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -175,8 +175,8 @@ pub(crate) struct TableSpec {
     /// (see [`table_schema`]).
     pub(crate) schema: Option<SchemaRef>,
     pub(crate) infer_rows: usize,
-    /// S3 settings of this table's bucket, over `[storage.s3]`.
-    pub(crate) s3: Option<S3Settings>,
+    /// Store settings of this table's bucket, container or server, over `[storage.*]`.
+    pub(crate) storage: TableStorage,
     /// The sheet an Excel table reads (`None`: the first).
     pub(crate) sheet: Option<String>,
 }
@@ -193,7 +193,7 @@ impl TableSpec {
             partition_columns: Vec::new(),
             schema: None,
             infer_rows: DEFAULT_INFER_ROWS,
-            s3: None,
+            storage: TableStorage::default(),
             sheet: None,
         }
     }
@@ -242,7 +242,7 @@ impl TableSpec {
         spec.partition_columns = section.partition_columns.clone();
         spec.schema = section.columns(name)?.as_deref().map(explicit_schema);
         spec.infer_rows = section.infer_rows.unwrap_or(infer_rows);
-        spec.s3 = section.s3.clone();
+        spec.storage = section.storage();
         spec.sheet = section.sheet.clone();
         if spec.infer_rows == 0 {
             return Err(config_error("infer_rows", "must be at least 1".into()));

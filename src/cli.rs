@@ -151,7 +151,7 @@ pub(crate) struct ShellArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct DescribeArgs {
-    /// A table of spillway.toml, or a file, folder or glob (local or s3://)
+    /// A table of spillway.toml, or a file, folder or glob (local, s3://, az://, gs://, https://)
     pub(crate) target: String,
     /// Print a [tables.NAME] block with every column's type, ready for spillway.toml
     #[arg(long)]
@@ -163,7 +163,7 @@ pub(crate) struct DescribeArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ProfileArgs {
-    /// A table of spillway.toml, or a file, folder or glob (local or s3://)
+    /// A table of spillway.toml, or a file, folder or glob (local, s3://, az://, gs://, https://)
     pub(crate) target: String,
     /// Output format [default: table on a terminal, csv when piped]
     #[arg(long, value_name = "FORMAT", value_parser = parse_output_format)]

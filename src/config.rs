@@ -209,7 +209,148 @@ pub(crate) struct ReportsSection {
 pub(crate) struct StorageSection {
     #[serde(default)]
     pub(crate) s3: S3Settings,
+    #[serde(default)]
+    pub(crate) azure: AzureSettings,
+    #[serde(default)]
+    pub(crate) gcs: GcsSettings,
+    #[serde(default)]
+    pub(crate) http: HttpSettings,
 }
+
+/// A table's own store settings (`[tables.NAME.s3]`, `.azure`, `.gcs`, `.http`), each over the
+/// matching `[storage.*]` section.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct TableStorage {
+    pub(crate) s3: Option<S3Settings>,
+    pub(crate) azure: Option<AzureSettings>,
+    pub(crate) gcs: Option<GcsSettings>,
+    pub(crate) http: Option<HttpSettings>,
+}
+
+/// `over` for a settings struct whose fields are all `Option`s: unset values come from the
+/// fallback, field by field.
+macro_rules! settings_over {
+    ($name:ident { $($field:ident),* $(,)? }) => {
+        impl $name {
+            /// These settings, with unset values taken from `fallback`.
+            pub(crate) fn over(&self, fallback: &$name) -> $name {
+                $name { $($field: self.$field.clone().or_else(|| fallback.$field.clone()),)* }
+            }
+        }
+    };
+}
+
+/// `[storage.azure]` and `[tables.NAME.azure]`: how to reach Azure Blob Storage or ADLS Gen2
+/// (`az://`, `azure://`, `abfs[s]://`). Unset values fall back to the table's, then the global
+/// section's, then `AZURE_STORAGE_CONNECTION_STRING`, then the standard `AZURE_*` variables.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AzureSettings {
+    /// The storage account (`AZURE_STORAGE_ACCOUNT_NAME`).
+    pub(crate) account: Option<String>,
+    /// The account's shared key (`AZURE_STORAGE_ACCOUNT_KEY`).
+    pub(crate) access_key: Option<Secret>,
+    /// A shared access signature, `sv=...&sig=...` (`AZURE_STORAGE_SAS_TOKEN`).
+    pub(crate) sas_token: Option<Secret>,
+    /// A service principal (`AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`, `AZURE_TENANT_ID`).
+    pub(crate) client_id: Option<String>,
+    pub(crate) client_secret: Option<Secret>,
+    pub(crate) tenant_id: Option<String>,
+    /// An Azure connection string (`AccountName=...;AccountKey=...;BlobEndpoint=...`), as the
+    /// portal and Azurite print it.
+    pub(crate) connection_string: Option<Secret>,
+    /// The blob service URL, account included for path-style servers:
+    /// `http://127.0.0.1:10000/devstoreaccount1` for Azurite (default
+    /// `https://<account>.blob.core.windows.net`).
+    pub(crate) endpoint: Option<String>,
+    /// Azurite's well-known account and key at `http://127.0.0.1:10000` (or `endpoint`).
+    pub(crate) use_emulator: Option<bool>,
+    /// Allow a plain `http://` endpoint.
+    pub(crate) allow_http: Option<bool>,
+    /// Send unsigned requests (public containers).
+    pub(crate) unsigned: Option<bool>,
+    pub(crate) timeout_seconds: Option<u64>,
+    pub(crate) connect_timeout_seconds: Option<u64>,
+    pub(crate) max_retries: Option<usize>,
+    pub(crate) retry_timeout_seconds: Option<u64>,
+}
+
+settings_over!(AzureSettings {
+    account,
+    access_key,
+    sas_token,
+    client_id,
+    client_secret,
+    tenant_id,
+    connection_string,
+    endpoint,
+    use_emulator,
+    allow_http,
+    unsigned,
+    timeout_seconds,
+    connect_timeout_seconds,
+    max_retries,
+    retry_timeout_seconds,
+});
+
+/// `[storage.gcs]` and `[tables.NAME.gcs]`: how to reach Google Cloud Storage (`gs://`). Unset
+/// values fall back to the table's, then the global section's, then the standard `GOOGLE_*`
+/// variables (`GOOGLE_SERVICE_ACCOUNT`, `GOOGLE_APPLICATION_CREDENTIALS`, ...).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GcsSettings {
+    /// A service account key file (`GOOGLE_SERVICE_ACCOUNT`).
+    pub(crate) service_account: Option<PathBuf>,
+    /// The key file's JSON itself (`GOOGLE_SERVICE_ACCOUNT_KEY`).
+    pub(crate) service_account_key: Option<Secret>,
+    /// The storage service URL (default `https://storage.googleapis.com`); an emulator's address.
+    pub(crate) endpoint: Option<String>,
+    /// Allow a plain `http://` endpoint.
+    pub(crate) allow_http: Option<bool>,
+    /// Send unsigned requests (public buckets, emulators): no credentials are looked for.
+    pub(crate) unsigned: Option<bool>,
+    pub(crate) timeout_seconds: Option<u64>,
+    pub(crate) connect_timeout_seconds: Option<u64>,
+    pub(crate) max_retries: Option<usize>,
+    pub(crate) retry_timeout_seconds: Option<u64>,
+}
+
+settings_over!(GcsSettings {
+    service_account,
+    service_account_key,
+    endpoint,
+    allow_http,
+    unsigned,
+    timeout_seconds,
+    connect_timeout_seconds,
+    max_retries,
+    retry_timeout_seconds,
+});
+
+/// `[storage.http]` and `[tables.NAME.http]`: how to reach files served over `https://` (and
+/// `http://`, when allowed). Listing a folder or glob needs a WebDAV server (PROPFIND); writing
+/// needs PUT.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HttpSettings {
+    /// A PEM file of certificate authorities trusted besides the system's (a private CA).
+    pub(crate) ca_certificate: Option<PathBuf>,
+    /// Allow `http://` locations (plain text).
+    pub(crate) allow_http: Option<bool>,
+    pub(crate) timeout_seconds: Option<u64>,
+    pub(crate) connect_timeout_seconds: Option<u64>,
+    pub(crate) max_retries: Option<usize>,
+    pub(crate) retry_timeout_seconds: Option<u64>,
+}
+
+settings_over!(HttpSettings {
+    ca_certificate,
+    allow_http,
+    timeout_seconds,
+    connect_timeout_seconds,
+    max_retries,
+    retry_timeout_seconds,
+});
 
 /// A secret from the config: never shown by `Debug` or in any message.
 #[derive(Clone, Default, PartialEq, Eq, Hash, Deserialize)]
@@ -335,6 +476,24 @@ pub(crate) struct TableSection {
     pub(crate) s3: Option<S3Settings>,
     /// The sheet an Excel table reads; by default its first.
     pub(crate) sheet: Option<String>,
+    /// Azure settings for this table's container, over `[storage.azure]`.
+    pub(crate) azure: Option<AzureSettings>,
+    /// GCS settings for this table's bucket, over `[storage.gcs]`.
+    pub(crate) gcs: Option<GcsSettings>,
+    /// HTTPS settings for this table's server, over `[storage.http]`.
+    pub(crate) http: Option<HttpSettings>,
+}
+
+impl TableSection {
+    /// The table's own store settings.
+    pub(crate) fn storage(&self) -> TableStorage {
+        TableStorage {
+            s3: self.s3.clone(),
+            azure: self.azure.clone(),
+            gcs: self.gcs.clone(),
+            http: self.http.clone(),
+        }
+    }
 }
 
 impl ConfigFile {
@@ -377,6 +536,8 @@ impl ConfigFile {
             &mut self.privacy.key_file,
             &mut self.privacy.audit_log,
             &mut self.privacy.encryption_key_file,
+            &mut self.storage.gcs.service_account,
+            &mut self.storage.http.ca_certificate,
         ];
         for path in paths.into_iter().flatten() {
             *path = crate::storage::normalize_path(path);

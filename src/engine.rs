@@ -16,7 +16,7 @@ pub(crate) mod profile;
 pub(crate) mod rewrite;
 
 use crate::catalog::{self, RegisteredTable, TableSpec};
-use crate::config::S3Settings;
+use crate::config::StorageSection;
 use crate::engine::csv_scan::FastCsvScan;
 use crate::engine::group_keys::PACK_INTEGER_KEYS;
 use crate::engine::group_topk::TopKPerGroup;
@@ -64,8 +64,9 @@ pub(crate) struct EngineOptions {
     pub(crate) workers: usize,
     pub(crate) batch_size: usize,
     pub(crate) spill_compression: SpillCompression,
-    /// `[storage.s3]`: settings of every S3 bucket a table does not configure itself.
-    pub(crate) s3: S3Settings,
+    /// `[storage]`: settings of every bucket, container or server a table does not configure
+    /// itself.
+    pub(crate) storage: StorageSection,
     /// A Ballista scheduler (`df://host:port`) to run statements on, instead of this process.
     pub(crate) cluster: Option<String>,
     /// With a cluster: run there only statements whose input files add up to this many bytes
@@ -94,7 +95,7 @@ impl Default for EngineOptions {
             // lz4 costs little CPU and still shrinks spilled claims data several times over;
             // zstd shrinks more but its CPU cost shows on a 2-core machine.
             spill_compression: SpillCompression::Lz4Frame,
-            s3: S3Settings::default(),
+            storage: StorageSection::default(),
             cluster: None,
             cluster_threshold: None,
             cluster_tls: None,
@@ -341,7 +342,7 @@ impl Engine {
         let location = Location::parse(&spec.location)
             .map_err(|e| e.context(format!("table `{}`", spec.name)))?;
         self.stores
-            .store_for(&location, spec.s3.as_ref())
+            .store_for(&location, Some(&spec.storage))
             .map_err(|e| e.context(format!("table `{}`", spec.name)))
     }
 
@@ -623,7 +624,7 @@ pub(crate) fn runtime_env(
         .build_arc()?;
     let stores = Arc::new(StoreRegistry::new(
         runtime.object_store_registry.clone(),
-        options.s3.clone(),
+        options.storage.clone(),
     )?);
     on_demand.attach(stores.clone());
     Ok((runtime, pool, stores))

@@ -11,7 +11,7 @@
 pub(crate) mod xlsx;
 
 use crate::error::{Error, Result};
-use crate::storage::ObjectTarget;
+use crate::storage::{ObjectTarget, StoreKind};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::util::pretty::pretty_format_batches;
@@ -167,6 +167,9 @@ impl Sink {
         object: Option<ObjectTarget>,
     ) -> Result<Sink> {
         let target = match (&spec.destination, object) {
+            (Destination::Object(url), Some(object)) if object.kind == StoreKind::Http => {
+                Target::Spooled(SpooledUpload::start(url, object)?)
+            }
             (Destination::Object(url), Some(object)) => {
                 Target::Object(ObjectUpload::start(url, object).await?)
             }
@@ -393,6 +396,7 @@ mod publish_bytes_tests {
         let target = ObjectTarget {
             store: store.clone(),
             path: object_store::path::Path::from("r/_SUCCESS-o.csv.json"),
+            kind: crate::storage::StoreKind::S3,
         };
         let url = "s3://b/r/_SUCCESS-o.csv.json".to_string();
         publish_bytes(&Destination::Object(url), Some(target), b"done\n".to_vec())
@@ -448,6 +452,78 @@ enum Target {
         path: PathBuf,
     },
     Object(ObjectUpload),
+    Spooled(SpooledUpload),
+}
+
+/// An upload to a web server, which takes an object only whole (object_store has no multipart
+/// upload over WebDAV): the bytes are spooled to an unnamed local temporary file (gone with the
+/// process, whatever happens), PUT from a memory map (never held on the heap) under a hidden
+/// temporary name beside the target, copied over the target on the server (WebDAV COPY), and
+/// the temporary deleted. A reader of the target sees the old object or the complete new one,
+/// as atomically as the server's COPY replaces a file.
+struct SpooledUpload {
+    spool: BufWriter<std::fs::File>,
+    target: ObjectTarget,
+    runtime: tokio::runtime::Handle,
+    url: String,
+}
+
+impl SpooledUpload {
+    fn start(url: &str, target: ObjectTarget) -> Result<SpooledUpload> {
+        let spool = tempfile::tempfile().map_err(|e| {
+            Error::Output(format!("{url}: cannot make a local temporary file: {e}"))
+        })?;
+        Ok(SpooledUpload {
+            spool: BufWriter::with_capacity(1 << 20, spool),
+            target,
+            runtime: tokio::runtime::Handle::current(),
+            url: url.to_string(),
+        })
+    }
+
+    /// The hidden name the bytes are uploaded under before they are copied over the target.
+    fn temporary_path(&self) -> object_store::path::Path {
+        let name = self.target.path.filename().unwrap_or("output");
+        let hidden = format!(".{name}.{}.spillway-tmp", std::process::id());
+        let mut parts: Vec<object_store::path::PathPart<'_>> = self.target.path.parts().collect();
+        parts.pop();
+        parts.push(object_store::path::PathPart::from(hidden.as_str()));
+        object_store::path::Path::from_iter(parts)
+    }
+
+    fn complete(self) -> Result<()> {
+        let temporary = self.temporary_path();
+        let url = self.url.clone();
+        let local = |e: &dyn std::fmt::Display| Error::Output(format!("{url}: spooling: {e}"));
+        let file = self.spool.into_inner().map_err(|e| local(e.error()))?;
+        let length = file.metadata().map_err(|e| local(&e))?.len();
+        let bytes = if length == 0 {
+            bytes::Bytes::new()
+        } else {
+            // SAFETY: the file is unnamed and private to this process, which no longer writes
+            // it: nothing can change it under the map.
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| local(&e))?;
+            bytes::Bytes::from_owner(map)
+        };
+        let store = self.target.store.clone();
+        let target = self.target.path.clone();
+        let _inside = self.runtime.enter();
+        self.runtime.block_on(async move {
+            store.put(&temporary, bytes.into()).await.map_err(|e| {
+                crate::storage::store_error(&url, e).context(
+                    "cannot upload (an https:// output needs a server that takes WebDAV PUT)",
+                )
+            })?;
+            let copied = store.copy(&temporary, &target).await;
+            if let Err(error) = store.delete(&temporary).await {
+                tracing::warn!("could not delete the temporary upload beside {url}: {error}");
+            }
+            copied.map_err(|e| {
+                crate::storage::store_error(&url, e)
+                    .context("cannot publish the upload (WebDAV COPY)")
+            })
+        })
+    }
 }
 
 /// Concurrent part uploads in flight per object.
@@ -596,6 +672,7 @@ impl Target {
             Target::Object(upload) => upload.complete().map_err(WriteError::Failed),
             // Waits until the person quits the pager (it may still be showing the result).
             Target::Pager(pager) => pager.close().map_err(classify_io),
+            Target::Spooled(upload) => upload.complete().map_err(WriteError::Failed),
         }
     }
 
@@ -605,6 +682,7 @@ impl Target {
             Target::Pager(pager) => format!("the pager `{}`", pager.command),
             Target::File { path, .. } => path.display().to_string(),
             Target::Object(upload) => upload.url.clone(),
+            Target::Spooled(upload) => upload.url.clone(),
         }
     }
 }
@@ -616,6 +694,7 @@ impl Write for Target {
             Target::Pager(pager) => pager.input()?.write(buf),
             Target::File { temp, .. } => temp.write(buf),
             Target::Object(upload) => upload.write(buf),
+            Target::Spooled(upload) => upload.spool.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {
@@ -624,6 +703,7 @@ impl Write for Target {
             Target::Pager(pager) => pager.input()?.flush(),
             Target::File { temp, .. } => temp.flush(),
             Target::Object(_) => Ok(()),
+            Target::Spooled(upload) => upload.spool.flush(),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! Where table files live: locations, globs, listing, and the object stores behind them.
 //!
 //! The model: a table location is a file, a folder or a glob (`*`, `**`, `?`, `[..]`, `{a,b}`),
-//! on local disk or behind an `s3://` URL. Every location is read through an object store, found
-//! by its scheme and bucket in the engine's [`StoreRegistry`] (`registry`): the local file system
-//! ([`local`], whose large reads are memory maps) or one S3 store per bucket ([`s3`]), each
-//! wrapped in a [`CountingStore`] ([`counting`]) whose counters the progress bar and `--stats`
-//! read. DataFusion's listing only globs local paths without a scheme, and only in the `glob`
+//! on local disk or behind an `s3://`, `az://` (`azure://`, `abfs[s]://`), `gs://` or `https://`
+//! URL. Every location is read through an object store, found by its scheme and authority in the
+//! engine's [`StoreRegistry`] (`registry`): the local file system ([`local`], whose large reads
+//! are memory maps), or one store per S3 bucket ([`s3`]), Azure container ([`azure`]), GCS bucket
+//! ([`gcs`]) or web server ([`http`]), each wrapped in a [`CountingStore`] ([`counting`]) whose
+//! counters the progress bar and `--stats` read. DataFusion's listing only globs local paths without a scheme, and only in the `glob`
 //! crate's dialect, so this module splits a location into a listing prefix and a pattern itself,
 //! lists the prefix once, and matches with `globset` (the matcher ripgrep uses), so every store
 //! globs the same way. Local paths are resolved lexically ([`normalize_path`]) before anything
@@ -14,7 +15,11 @@
 //! Must not print or log secrets; must not interpret table data (the catalog and engine do):
 //! it only hands out bytes.
 
+pub(crate) mod azure;
+pub(crate) mod client;
 pub(crate) mod counting;
+pub(crate) mod gcs;
+pub(crate) mod http;
 pub(crate) mod local;
 pub(crate) mod registry;
 pub(crate) mod s3;
@@ -31,6 +36,56 @@ use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use url::Url;
+
+/// The kinds of store a location can be in, by URL scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreKind {
+    Local,
+    S3,
+    /// Azure Blob Storage and ADLS Gen2: `az://`, `azure://`, `abfs://`, `abfss://`.
+    Azure,
+    Gcs,
+    /// Files on a web server: `https://`, or `http://` where allowed.
+    Http,
+}
+
+impl StoreKind {
+    /// The store kind of a URL scheme; `None` for a scheme Spillway does not read.
+    pub(crate) fn of_scheme(scheme: &str) -> Option<StoreKind> {
+        Some(match scheme {
+            "file" => StoreKind::Local,
+            "s3" => StoreKind::S3,
+            "az" | "azure" | "abfs" | "abfss" => StoreKind::Azure,
+            "gs" => StoreKind::Gcs,
+            "https" | "http" => StoreKind::Http,
+            _ => return None,
+        })
+    }
+
+    /// What the part after `scheme://` names, for messages.
+    fn authority_name(self) -> &'static str {
+        match self {
+            StoreKind::Azure => "container",
+            StoreKind::Http => "host",
+            _ => "bucket",
+        }
+    }
+
+    /// A bucket-like store: a key that is not an object may be a prefix of objects, and its
+    /// "folders" exist only as prefixes.
+    fn has_prefixes(self) -> bool {
+        matches!(self, StoreKind::S3 | StoreKind::Azure | StoreKind::Gcs)
+    }
+}
+
+/// Whether an output names an object store (`s3://`, `az://`, `gs://`, `https://`, ...) rather
+/// than a local file.
+pub(crate) fn is_object_url(output: &str) -> bool {
+    output
+        .split_once("://")
+        .and_then(|(scheme, _)| StoreKind::of_scheme(scheme))
+        .is_some_and(|kind| kind != StoreKind::Local)
+}
 
 /// Characters that make a path segment a glob pattern.
 const GLOB_CHARS: &[char] = &['*', '?', '[', '{'];
@@ -64,26 +119,39 @@ impl Location {
         if let Some(rest) = text.strip_prefix("file://") {
             return Self::parse_local(text, rest);
         }
-        if let Some(rest) = text.strip_prefix("s3://") {
-            return Self::parse_s3(text, rest);
-        }
-        if text.contains("://") {
-            return Err(Error::Usage(format!(
-                "location `{text}`: unknown scheme (local paths, file:// and s3:// are supported)"
-            )));
+        if let Some((scheme, rest)) = text.split_once("://") {
+            return match StoreKind::of_scheme(scheme) {
+                Some(kind) => Self::parse_object(text, kind, scheme, rest),
+                None => Err(Error::Usage(format!(
+                    "location `{text}`: unknown scheme (local paths, file://, s3://, az://, \
+                     abfss://, gs:// and https:// are supported)"
+                ))),
+            };
         }
         Self::parse_local(text, text)
     }
 
-    fn parse_s3(original: &str, rest: &str) -> Result<Location> {
-        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
-        if bucket.is_empty() {
+    /// `scheme://authority/key`: the authority is a bucket, a container (`container@account.dfs.
+    /// core.windows.net` for ADLS Gen2) or a web server's `host:port`.
+    fn parse_object(original: &str, kind: StoreKind, scheme: &str, rest: &str) -> Result<Location> {
+        let (authority, key) = rest.split_once('/').unwrap_or((rest, ""));
+        if authority.is_empty() {
             return Err(Error::Usage(format!(
-                "location `{original}`: no bucket name"
+                "location `{original}`: no {} name",
+                kind.authority_name()
+            )));
+        }
+        // A password in the URL would be printed with every message naming the location.
+        if kind == StoreKind::Http && authority.contains('@') {
+            return Err(Error::Usage(format!(
+                "location `{}://{}/...`: credentials in the URL are not supported (they would be \
+                 printed in messages)",
+                scheme,
+                authority.rsplit('@').next().unwrap_or_default()
             )));
         }
         let (prefix, pattern) = split_glob(key);
-        let mut base = Url::parse(&format!("s3://{bucket}/"))
+        let mut base = Url::parse(&format!("{scheme}://{authority}/"))
             .map_err(|e| Error::Usage(format!("location `{original}`: {e}")))?;
         let as_folder = pattern.is_some() || prefix.is_empty() || prefix.ends_with('/');
         let segments: Vec<&str> = prefix.split('/').filter(|s| !s.is_empty()).collect();
@@ -103,11 +171,16 @@ impl Location {
         })
     }
 
-    /// The bucket of an `s3://` location.
-    pub(crate) fn bucket(&self) -> Option<&str> {
-        (self.base.scheme() == "s3")
-            .then(|| self.base.host_str())
-            .flatten()
+    /// The kind of store the location is in.
+    pub(crate) fn kind(&self) -> StoreKind {
+        StoreKind::of_scheme(self.base.scheme()).unwrap_or(StoreKind::Local)
+    }
+
+    /// `scheme://authority` of a location outside the local file system: one store serves
+    /// each (`s3://bucket`, `az://container`, `abfss://container@account.dfs.core.windows.net`,
+    /// `gs://bucket`, `https://host:port`).
+    pub(crate) fn store_key(&self) -> Option<&str> {
+        (self.kind() != StoreKind::Local).then(|| &self.base[..url::Position::BeforePath])
     }
 
     /// The same location seen as a folder (for a key that turned out to be a prefix).
@@ -211,19 +284,20 @@ pub(crate) async fn resolve(
 ) -> Result<ResolvedLocation> {
     let mut location = location.clone();
     let prefix = location.prefix()?;
+    let prefixes = location.kind().has_prefixes();
     let files = if location.is_folder() {
         list_matching(store, &location, &prefix).await?
     } else {
         match store.head(&prefix).await {
             Ok(meta) => vec![meta],
             // An object store has no folders: a key that is not an object may be a prefix.
-            Err(object_store::Error::NotFound { .. }) if location.bucket().is_some() => {
+            Err(object_store::Error::NotFound { .. }) if prefixes => {
                 location = location.as_folder();
                 list_matching(store, &location, &prefix).await?
             }
             Err(object_store::Error::NotFound { .. }) => Vec::new(),
             // Some S3-compatible servers answer HEAD on a "folder" with an error, not 404.
-            Err(e) if location.bucket().is_some() => {
+            Err(e) if prefixes => {
                 let folder = location.as_folder();
                 let files = list_matching(store, &folder, &prefix).await?;
                 if files.is_empty() {
@@ -260,7 +334,15 @@ async fn list_matching(
     let prefix_text = prefix.as_ref();
     let listed: Vec<ObjectMeta> = store
         .list(Some(prefix))
-        .map_err(|e| store_error(&location.original, e))
+        .map_err(|e| match location.kind() {
+            // A web server lists a folder only if it speaks WebDAV; say so, or the user sees
+            // only "405 Method Not Allowed".
+            StoreKind::Http => store_error(&location.original, e).context(
+                "listing an https:// folder or glob needs a WebDAV server (PROPFIND); \
+                 name a single file otherwise",
+            ),
+            _ => store_error(&location.original, e),
+        })
         .try_collect()
         .await?;
     let mut files: Vec<ObjectMeta> = listed
@@ -319,7 +401,7 @@ pub(crate) fn normalize_path(path: &Path) -> PathBuf {
 }
 
 /// A local output path (`-o`, a report's rendered output) with `.` and `..` resolved as
-/// [`normalize_path`] does; an `s3://` URL as given.
+/// [`normalize_path`] does; an object URL as given.
 pub(crate) fn normalize_output(output: String) -> String {
     if output.contains("://") {
         return output;
@@ -366,7 +448,7 @@ mod tests {
     #[test]
     fn s3_locations_split_bucket_prefix_and_glob() {
         let location = Location::parse("s3://claims/2024/part-*.csv").unwrap();
-        assert_eq!(location.bucket(), Some("claims"));
+        assert_eq!(location.store_key(), Some("s3://claims"));
         assert_eq!(location.prefix().unwrap().as_ref(), "2024");
         assert_eq!(location.pattern.as_deref(), Some("part-*.csv"));
         assert!(location.is_folder());

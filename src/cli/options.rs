@@ -52,7 +52,7 @@ pub(crate) fn engine_options(args: &EngineArgs, config: &ConfigFile) -> Result<E
         options.spill_compression = parse_spill_compression(text).map_err(|e| origin.error(e))?;
     }
     options.spill_dir = args.spill_dir.clone().or_else(|| file.spill_dir.clone());
-    options.s3 = config.storage.s3.clone();
+    options.storage = config.storage.clone();
     options.cluster = args
         .cluster
         .clone()
@@ -270,7 +270,7 @@ pub(crate) fn output_spec(
     policy: Option<&crate::privacy::Policy>,
 ) -> Result<OutputSpec> {
     let destination = match &args.output {
-        Some(path) if path.to_string_lossy().starts_with("s3://") => {
+        Some(path) if crate::storage::is_object_url(&path.to_string_lossy()) => {
             Destination::Object(path.to_string_lossy().into_owned())
         }
         Some(path) => Destination::File(crate::storage::normalize_path(path)),

@@ -373,7 +373,7 @@ fn output_format(format: ReportFormat) -> OutputFormat {
 
 /// Where a rendered output goes; local folders are created.
 fn destination(output: &str) -> Result<Destination> {
-    if output.starts_with("s3://") {
+    if crate::storage::is_object_url(output) {
         return Ok(Destination::Object(output.to_string()));
     }
     let path = PathBuf::from(output);

@@ -1,16 +1,22 @@
-//! The object stores of one engine: the local file system, and one S3 store per bucket.
+//! The object stores of one engine: the local file system, and one store per S3 bucket, Azure
+//! container, GCS bucket or web server.
 //!
-//! DataFusion finds a table's store by the URL's scheme and bucket, so every store a table or an
-//! output uses is made here once, counted ([`CountingStore`]), and registered with the session's
-//! object-store registry; tables and outputs then share it. Two tables may not configure one
-//! bucket differently, since DataFusion keeps one store per bucket. Must not know about tables or
-//! output formats: callers hand it locations and get stores back.
+//! DataFusion finds a table's store by the URL's scheme and authority, so every store a table or
+//! an output uses is made here once, counted ([`CountingStore`]), and registered with the
+//! session's object-store registry; tables and outputs then share it. Two tables may not
+//! configure one bucket differently, since DataFusion keeps one store per bucket. Must not know
+//! about tables or output formats: callers hand it locations and get stores back.
 
+use super::azure::azure_store;
 use super::counting::{CountingStore, StoreCounters};
+use super::gcs::gcs_store;
+use super::http::http_store;
 use super::local::MappedLocalStore;
 use super::s3::s3_store;
-use super::Location;
-use crate::config::S3Settings;
+use super::{Location, StoreKind};
+use crate::config::{
+    AzureSettings, GcsSettings, HttpSettings, S3Settings, StorageSection, TableStorage,
+};
 use crate::error::{Error, Result};
 use datafusion::error::DataFusionError;
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
@@ -19,10 +25,26 @@ use object_store::ObjectStore;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// Where an `s3://bucket/key` output goes: the bucket's store and the key.
+/// Where an object output (`s3://bucket/key`, `az://container/key`, `gs://...`, `https://...`)
+/// goes: the store, the key, and the kind of store (which decides how the output is uploaded).
 pub(crate) struct ObjectTarget {
     pub(crate) store: Arc<dyn ObjectStore>,
     pub(crate) path: StorePath,
+    pub(crate) kind: StoreKind,
+}
+
+/// The settings one store was built from.
+#[derive(Clone, PartialEq)]
+enum StoreSettings {
+    S3(S3Settings),
+    Azure(AzureSettings),
+    Gcs(GcsSettings),
+    Http(HttpSettings),
+}
+
+/// `own` over `defaults`, or the defaults alone.
+fn merged<T: Clone>(own: Option<&T>, defaults: &T, over: fn(&T, &T) -> T) -> T {
+    own.map_or_else(|| defaults.clone(), |own| over(own, defaults))
 }
 
 /// The stores of one engine, all counted into one [`StoreCounters`].
@@ -31,18 +53,21 @@ pub(crate) struct StoreRegistry {
     datafusion: Arc<dyn ObjectStoreRegistry>,
     counters: Arc<StoreCounters>,
     local: Arc<dyn ObjectStore>,
-    /// `[storage.s3]`: the settings of every bucket a table does not configure itself.
-    s3_defaults: S3Settings,
-    /// One store per bucket, with the settings it was built from.
-    s3: Mutex<HashMap<String, (S3Settings, Arc<dyn ObjectStore>)>>,
+    /// `[storage.*]`: the settings of every store a table does not configure itself.
+    defaults: StorageSection,
+    /// One store per `scheme://authority`, with the settings it was built from.
+    stores: Mutex<HashMap<String, BuiltStore>>,
 }
+
+/// A store, with the settings it was built from (to refuse a second, different set).
+type BuiltStore = (StoreSettings, Arc<dyn ObjectStore>);
 
 impl StoreRegistry {
     /// The registry of a session whose object stores live in `datafusion`: the local store is
-    /// registered at once, S3 stores on first use.
+    /// registered at once, the others on first use.
     pub(crate) fn new(
         datafusion: Arc<dyn ObjectStoreRegistry>,
-        s3_defaults: S3Settings,
+        defaults: StorageSection,
     ) -> Result<StoreRegistry> {
         let counters = Arc::new(StoreCounters::default());
         let local: Arc<dyn ObjectStore> = Arc::new(CountingStore::new(
@@ -55,8 +80,8 @@ impl StoreRegistry {
             datafusion,
             counters,
             local,
-            s3_defaults,
-            s3: Mutex::new(HashMap::new()),
+            defaults,
+            stores: Mutex::new(HashMap::new()),
         })
     }
 
@@ -65,47 +90,74 @@ impl StoreRegistry {
         &self.counters
     }
 
+    /// The settings a location's store is built from: the table's over `[storage.*]`.
+    fn settings_for(&self, kind: StoreKind, table: Option<&TableStorage>) -> StoreSettings {
+        let defaults = &self.defaults;
+        match kind {
+            StoreKind::Azure => StoreSettings::Azure(merged(
+                table.and_then(|t| t.azure.as_ref()),
+                &defaults.azure,
+                AzureSettings::over,
+            )),
+            StoreKind::Gcs => StoreSettings::Gcs(merged(
+                table.and_then(|t| t.gcs.as_ref()),
+                &defaults.gcs,
+                GcsSettings::over,
+            )),
+            StoreKind::Http => StoreSettings::Http(merged(
+                table.and_then(|t| t.http.as_ref()),
+                &defaults.http,
+                HttpSettings::over,
+            )),
+            StoreKind::S3 | StoreKind::Local => StoreSettings::S3(merged(
+                table.and_then(|t| t.s3.as_ref()),
+                &defaults.s3,
+                S3Settings::over,
+            )),
+        }
+    }
+
     /// The store a location lives in, made (and registered with DataFusion) on first use.
-    /// `table` settings override `[storage.s3]`; two tables may not configure one bucket
+    /// `table` settings override `[storage.*]`; two tables may not configure one bucket
     /// differently, since DataFusion keeps one store per bucket.
     pub(crate) fn store_for(
         &self,
         location: &Location,
-        table: Option<&S3Settings>,
+        table: Option<&TableStorage>,
     ) -> Result<Arc<dyn ObjectStore>> {
-        let Some(bucket) = location.bucket() else {
+        let Some(key) = location.store_key() else {
             return Ok(self.local.clone());
         };
-        let settings = match table {
-            Some(own) => own.over(&self.s3_defaults),
-            None => self.s3_defaults.clone(),
-        };
+        let settings = self.settings_for(location.kind(), table);
         let mut stores = self
-            .s3
+            .stores
             .lock()
             .map_err(|_| Error::Internal("store registry poisoned".into()))?;
-        if let Some((existing, store)) = stores.get(bucket) {
+        if let Some((existing, store)) = stores.get(key) {
             if *existing == settings {
                 return Ok(store.clone());
             }
             return Err(Error::Config(format!(
-                "bucket `{bucket}` is given two different sets of S3 settings; \
-                 tables in one bucket must share them"
+                "`{key}` is given two different sets of store settings; tables in one bucket, \
+                 container or server must share them"
             )));
         }
-        let store: Arc<dyn ObjectStore> = Arc::new(CountingStore::new(
-            s3_store(bucket, &settings)?,
-            self.counters.clone(),
-        ));
-        let url = url::Url::parse(&format!("s3://{bucket}"))
-            .map_err(|e| Error::Usage(format!("bucket `{bucket}`: {e}")))?;
+        let authority = location.base.host_str().unwrap_or_default();
+        let store = match &settings {
+            StoreSettings::S3(s3) => s3_store(authority, s3)?,
+            StoreSettings::Azure(azure) => azure_store(key, azure)?,
+            StoreSettings::Gcs(gcs) => gcs_store(authority, gcs)?,
+            StoreSettings::Http(http) => http_store(key, http)?,
+        };
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(CountingStore::new(store, self.counters.clone()));
+        let url = url::Url::parse(key).map_err(|e| Error::Usage(format!("`{key}`: {e}")))?;
         self.datafusion.register_store(&url, store.clone());
-        stores.insert(bucket.to_string(), (settings, store.clone()));
+        stores.insert(key.to_string(), (settings, store.clone()));
         Ok(store)
     }
 
-    /// Where an `s3://bucket/key` output goes: the bucket's store (configured by
-    /// `[storage.s3]`) and the key.
+    /// Where an object output goes: its store (configured by `[storage.*]`) and key.
     pub(crate) fn object_target(&self, url: &str) -> Result<ObjectTarget> {
         let location = Location::parse(url).map_err(|e| e.context("-o"))?;
         if location.pattern.is_some() || location.is_folder() {
@@ -117,12 +169,13 @@ impl StoreRegistry {
         Ok(ObjectTarget {
             store,
             path: location.prefix()?,
+            kind: location.kind(),
         })
     }
 }
 
-/// DataFusion's store registry, making an S3 bucket's store on its first use from this
-/// process's own `[storage.s3]` settings and environment. A cluster node meets buckets named by
+/// DataFusion's store registry, making a bucket's (container's, server's) store on its first
+/// use from this process's own `[storage.*]` settings and environment. A cluster node meets buckets named by
 /// the plans it runs, never by tables of its own, and must not take their settings from a job.
 pub(crate) struct OnDemandStores {
     inner: DefaultObjectStoreRegistry,
@@ -158,26 +211,57 @@ impl ObjectStoreRegistry for OnDemandStores {
         url: &url::Url,
         store: Arc<dyn ObjectStore>,
     ) -> Option<Arc<dyn ObjectStore>> {
-        self.inner.register_store(url, store)
+        self.inner.register_store(&registry_url(url), store)
     }
 
     fn deregister_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
-        self.inner.deregister_store(url)
+        self.inner.deregister_store(&registry_url(url))
     }
 
     fn get_store(&self, url: &url::Url) -> datafusion::error::Result<Arc<dyn ObjectStore>> {
-        let missing = match self.inner.get_store(url) {
+        let missing = match self.inner.get_store(&registry_url(url)) {
             Ok(store) => return Ok(store),
             Err(missing) => missing,
         };
-        let (Some(stores), "s3", Some(bucket)) = (self.stores.get(), url.scheme(), url.host_str())
-        else {
+        let Some(stores) = self.stores.get() else {
             return Err(missing);
         };
-        let location = Location::parse(&format!("s3://{bucket}/"))
+        let object = StoreKind::of_scheme(url.scheme()).is_some_and(|k| k != StoreKind::Local);
+        if !object || !url.has_host() {
+            return Err(missing);
+        }
+        let location = Location::parse(&format!("{}/", &url[..url::Position::BeforePath]))
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
         stores
             .store_for(&location, None)
             .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+}
+
+/// The URL a store is kept under. DataFusion keys stores by scheme, host and port only, so
+/// `abfss://a@acct.dfs.core.windows.net` and `abfss://b@acct...` (two containers of one
+/// account) would share one store: the container is moved into the host for the key.
+fn registry_url(url: &url::Url) -> std::borrow::Cow<'_, url::Url> {
+    if url.username().is_empty() {
+        return std::borrow::Cow::Borrowed(url);
+    }
+    let host = &url[url::Position::BeforeHost..url::Position::AfterPort];
+    match url::Url::parse(&format!("{}://{}.{host}/", url.scheme(), url.username())) {
+        Ok(keyed) => std::borrow::Cow::Owned(keyed),
+        Err(_) => std::borrow::Cow::Borrowed(url),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn two_containers_of_one_account_are_kept_apart() {
+        let a = url::Url::parse("abfss://a@acct.dfs.core.windows.net/x/y.csv").unwrap();
+        let b = url::Url::parse("abfss://b@acct.dfs.core.windows.net/x/y.csv").unwrap();
+        assert_ne!(registry_url(&a).as_str(), registry_url(&b).as_str());
+        let s3 = url::Url::parse("s3://bucket/k").unwrap();
+        assert_eq!(registry_url(&s3).as_str(), "s3://bucket/k");
     }
 }

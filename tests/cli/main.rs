@@ -2,6 +2,7 @@
 //! expected answers computed independently of the code under test.
 
 mod alerts;
+mod cloud;
 mod cluster;
 mod common;
 mod errors;
