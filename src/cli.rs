@@ -282,7 +282,7 @@ Settings come from flags, else [server] in spillway.toml:
   scram = \"SCRAM-SHA-256$4096:...\" # from `spillway password`; or password_env = \"VAR\"
 
 Connect: psql \"host=127.0.0.1 port=5432 user=analyst dbname=spillway sslmode=require\"
-Read-only: queries, EXPLAIN, SHOW, cursors; DDL, DML, COPY, file paths and engine SETs are refused.
+Read-only: queries, EXPLAIN, DESCRIBE, SHOW, cursors; DDL, DML, COPY, file paths and engine SETs are refused.
 SHOW spillway_stats shows connections, cache hits and misses, and memory.";
 
 #[derive(Debug, Args)]

@@ -794,8 +794,8 @@ mod tests {
             refusal(parsed),
             (
                 "25006".to_string(),
-                "DROP is not allowed: this server is read-only (queries, EXPLAIN, SHOW and \
-                 cursors only)"
+                "DROP is not allowed: this server is read-only (queries, EXPLAIN, DESCRIBE, \
+                 SHOW and cursors only)"
                     .to_string()
             )
         );
