@@ -381,6 +381,12 @@ pub(crate) struct ReportRunArgs {
     /// The scheduled time to run for: YYYY-MM-DD (midnight in the report's zone) or RFC 3339
     #[arg(long, value_name = "TIME")]
     pub(crate) at: Option<String>,
+    /// Recompute from every file, not from stored per-file states (they are kept as they are)
+    #[arg(long)]
+    pub(crate) full: bool,
+    /// Print rows, bytes read, time, memory and the use of per-file states to stderr
+    #[arg(long)]
+    pub(crate) stats: bool,
     #[command(flatten)]
     pub(crate) source: ReportSource,
 }

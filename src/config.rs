@@ -192,6 +192,11 @@ pub(crate) struct ReportsSection {
     pub(crate) folder: Option<PathBuf>,
     /// The run history database (default `.spillway/history.sqlite`).
     pub(crate) history: Option<PathBuf>,
+    /// Where reports (and the server's dashboard queries) keep per-file aggregate states
+    /// (default `.spillway/state`).
+    pub(crate) state_dir: Option<PathBuf>,
+    /// The most one report's states may take on disk (`1GiB`); past it, full recomputes.
+    pub(crate) max_state: Option<String>,
     /// After downtime: `run_latest` (default) runs the most recent missed firing once; `skip`.
     pub(crate) missed_runs: Option<String>,
     /// On SIGTERM, how long running reports may take to finish before they are cancelled.
@@ -528,6 +533,7 @@ impl ConfigFile {
             &mut self.engine.spill_dir,
             &mut self.reports.folder,
             &mut self.reports.history,
+            &mut self.reports.state_dir,
             &mut self.server.tls_cert,
             &mut self.server.tls_key,
             &mut self.cluster.tls_cert,

@@ -408,6 +408,50 @@ impl Engine {
         })
     }
 
+    /// Start executing a query with per-file aggregate states (see `incremental`): the plan
+    /// is made without dynamic filters, which carry values one execution learns into the scans
+    /// of the next and so would leak one file's rows into another file's state.
+    pub(crate) async fn execute_with_states(
+        &self,
+        plan: LogicalPlan,
+        spec: &crate::incremental::Spec,
+    ) -> Result<(RunningQuery, crate::incremental::Outcome)> {
+        if self.options.cluster.is_some() {
+            let running = self.execute(plan).await?;
+            return Ok((
+                running,
+                crate::incremental::Outcome::full("it runs on a cluster"),
+            ));
+        }
+        self.pool.reset_peak();
+        let mut config = self.ctx.state().config().clone();
+        without_dynamic_filters(config.options_mut());
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_config(config)
+            .build();
+        if let Some(function) = crate::incremental::time_dependent(&plan) {
+            let running = self.execute(plan).await?;
+            let reason = format!("it calls {function}(), whose value changes from run to run");
+            return Ok((running, crate::incremental::Outcome::full(reason)));
+        }
+        // The logical plan decides the states too (a changed table definition changes it);
+        // the physical one would also change with the number of files.
+        let mut spec = spec.clone();
+        spec.identity
+            .push(("the plan".into(), plan.display_indent().to_string()));
+        let physical = state.create_physical_plan(&plan).await?;
+        let task = Arc::new(TaskContext::from(&state));
+        let (physical, outcome) = crate::incremental::apply(physical, &spec, task.clone()).await?;
+        let stream = execute_stream(physical.clone(), task)?;
+        Ok((
+            RunningQuery {
+                plan: physical,
+                stream,
+            },
+            outcome,
+        ))
+    }
+
     /// Wait (up to two seconds) until the pool holds nothing: a failed plan's tasks are
     /// cancelled asynchronously and keep their reservations until they have stopped.
     pub(crate) async fn wait_for_released_memory(&self) {
@@ -426,6 +470,7 @@ impl Engine {
         &self,
         memory_cap: usize,
         role: Option<&Arc<Role>>,
+        states: Option<&(std::path::PathBuf, u64)>,
     ) -> Result<(SessionContext, Option<Arc<PrivacyGuard>>)> {
         let base = self.ctx.runtime_env();
         let mut cache = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
@@ -446,7 +491,21 @@ impl Engine {
             .with_config(config)
             .with_runtime_env(runtime)
             .build();
-        let (state, guard) = guarded(state, self.options.privacy.as_ref(), role);
+        let (mut state, guard) = guarded(state, self.options.privacy.as_ref(), role);
+        // Dashboard aggregations over files keep per-file states (not on a cluster, whose
+        // planner sends whole statements away).
+        if let (Some((root, max_state)), None) = (states, &self.options.cluster) {
+            let role = role.map(|r| r.name.clone()).unwrap_or_default();
+            let planner = crate::incremental::StatesPlanner::new(
+                root.clone(),
+                *max_state,
+                role,
+                state.query_planner().clone(),
+            );
+            state = SessionStateBuilder::new_from_existing(state)
+                .with_query_planner(Arc::new(planner))
+                .build();
+        }
         Ok((SessionContext::new_with_state(state), guard))
     }
 
@@ -724,6 +783,15 @@ pub(crate) fn fit_sorts_to_pool(
 }
 
 /// Parse a spill compression name.
+/// Turn off every dynamic filter (join, top-k, aggregate): see [`Engine::execute_with_states`].
+pub(crate) fn without_dynamic_filters(options: &mut datafusion::config::ConfigOptions) {
+    let optimizer = &mut options.optimizer;
+    optimizer.enable_dynamic_filter_pushdown = false;
+    optimizer.enable_join_dynamic_filter_pushdown = false;
+    optimizer.enable_topk_dynamic_filter_pushdown = false;
+    optimizer.enable_aggregate_dynamic_filter_pushdown = false;
+}
+
 pub(crate) fn parse_spill_compression(text: &str) -> std::result::Result<SpillCompression, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "zstd" => Ok(SpillCompression::Zstd),

@@ -20,6 +20,7 @@ mod config;
 mod engine;
 mod error;
 mod gen;
+mod incremental;
 mod inspect;
 mod output;
 mod privacy;

@@ -28,6 +28,8 @@ pub(crate) struct RunOptions {
     pub(crate) progress: bool,
     /// What the audit log calls this entry point (`query`, `demo`, `report`, `schedule`).
     pub(crate) entry: &'static str,
+    /// Keep and merge per-file aggregate states (reports): where, and under which identity.
+    pub(crate) incremental: Option<crate::incremental::Spec>,
 }
 
 /// What one row-returning statement did.
@@ -226,6 +228,7 @@ pub(crate) async fn run_statement(
         peak_rss: stats::peak_rss(),
         cluster,
         suppressed_groups: engine.take_suppressed(),
+        incremental: done.incremental,
     };
     Ok(StatementOutcome { output, stats })
 }
@@ -257,6 +260,7 @@ struct Attempted {
     plan: Arc<dyn ExecutionPlan>,
     files: usize,
     bytes_in_files: u64,
+    incremental: Option<crate::incremental::Outcome>,
 }
 
 async fn attempt(
@@ -266,9 +270,23 @@ async fn attempt(
     options: &RunOptions,
     which: ExecutionMode,
 ) -> std::result::Result<Attempted, Failure> {
-    let running = match which {
-        ExecutionMode::Fast => engine.execute(plan).await,
-        ExecutionMode::Conservative => engine.execute_conservatively(plan).await,
+    let mut incremental = None;
+    let running = match (which, &options.incremental) {
+        (ExecutionMode::Fast, Some(spec)) => match engine.execute_with_states(plan, spec).await {
+            Ok((running, outcome)) => {
+                incremental = Some(outcome);
+                Ok(running)
+            }
+            Err(error) => Err(error),
+        },
+        (ExecutionMode::Fast, None) => engine.execute(plan).await,
+        // A retry after running out of memory recomputes in full, with the plan that spills.
+        (ExecutionMode::Conservative, spec) => {
+            incremental = spec
+                .as_ref()
+                .map(|_| crate::incremental::Outcome::full("retried after running out of memory"));
+            engine.execute_conservatively(plan).await
+        }
     };
     let mut running = running.map_err(Failure::BeforeOutput)?;
     let (files, bytes_in_files) = stats::scanned_files(&running.plan);
@@ -302,6 +320,7 @@ async fn attempt(
         plan: running.plan,
         files,
         bytes_in_files,
+        incremental,
     })
 }
 

@@ -69,6 +69,8 @@ pub(crate) struct ReportDefinition {
     pub(crate) timeout: Option<Duration>,
     /// `encrypt = true`: the Parquet output is encrypted at rest (see `--encrypt`).
     pub(crate) encrypt: bool,
+    /// `incremental = false` turns off per-file states (see `incremental`); on by default.
+    pub(crate) incremental: bool,
     /// `on_failure`, `on_success`, `late_after`: what the header sets (the rest from
     /// `[reports]`).
     pub(crate) alerts: crate::alert::AlertRules,

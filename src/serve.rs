@@ -59,6 +59,8 @@ pub(crate) struct ServeOptions {
     pub(crate) roles: HashMap<String, Arc<crate::privacy::Role>>,
     /// The role of users without one (and of every connection without authentication).
     pub(crate) default_role: Option<Arc<crate::privacy::Role>>,
+    /// `[reports] state_dir`/serve and `max_state`: per-file states of dashboard aggregations.
+    pub(crate) states: Option<(PathBuf, u64)>,
 }
 
 /// Serve until Ctrl-C or SIGTERM, then stop accepting and return.

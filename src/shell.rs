@@ -325,6 +325,7 @@ impl Session {
             stats: false,
             progress: false,
             entry: "shell",
+            incremental: None,
         };
         let started = Instant::now();
         let result = tokio::select! {

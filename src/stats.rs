@@ -96,6 +96,8 @@ pub(crate) struct QueryStats {
     pub(crate) cluster: Option<crate::cluster::JobTotals>,
     /// Groups an aggregate-only role's small-cell rule removed (`None`: no such role).
     pub(crate) suppressed_groups: Option<u64>,
+    /// For a report run: whether stored per-file states were merged, and their size.
+    pub(crate) incremental: Option<crate::incremental::Outcome>,
 }
 
 impl fmt::Display for QueryStats {
@@ -129,6 +131,9 @@ impl fmt::Display for QueryStats {
                 f,
                 "\nsuppressed:    {groups} groups below the role's min_cell_size"
             )?;
+        }
+        if let Some(outcome) = &self.incremental {
+            write!(f, "\nstates:        {outcome}")?;
         }
         if let Some(cluster) = &self.cluster {
             write!(

@@ -48,6 +48,7 @@ pub(crate) async fn run(
         stats: true,
         progress,
         entry: "demo",
+        incremental: None,
     };
     for path in queries {
         let sql = std::fs::read_to_string(&path)

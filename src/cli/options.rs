@@ -442,6 +442,8 @@ pub(crate) fn serve_options(
         users,
         roles,
         default_role,
+        // The caller sets these from `[reports]` (see `state_settings`).
+        states: None,
     })
 }
 
@@ -459,7 +461,23 @@ pub(crate) fn history_path(flag: Option<&Path>, config: &ConfigFile) -> PathBuf 
         .unwrap_or_else(|| PathBuf::from(DEFAULT_HISTORY))
 }
 
+/// Where per-file aggregate states live, and how large they may grow (see `incremental`).
+pub(crate) fn state_settings(config: &ConfigFile) -> Result<(PathBuf, u64)> {
+    let dir = config
+        .reports
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+    let max_state = match &config.reports.max_state {
+        Some(text) => crate::units::parse_size(text)
+            .map_err(|e| Error::Config(format!("[reports] max_state = \"{text}\": {e}")))?,
+        None => crate::incremental::DEFAULT_MAX_STATE,
+    };
+    Ok((dir, max_state))
+}
+
 const DEFAULT_REPORTS_FOLDER: &str = "queries";
+const DEFAULT_STATE_DIR: &str = ".spillway/state";
 const DEFAULT_HISTORY: &str = ".spillway/history.sqlite";
 
 #[cfg(test)]

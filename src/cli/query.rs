@@ -22,6 +22,7 @@ pub(crate) async fn query(
         stats: args.stats,
         progress: show_progress,
         entry: "query",
+        incremental: None,
     };
     query::run_script(&engine, &sql, &run_options)
         .await

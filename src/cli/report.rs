@@ -51,7 +51,10 @@ pub(crate) fn context(
             .map_err(|e| Error::Output(format!("cannot create {}: {e}", parent.display())))?;
     }
     let history = History::open(&history_path).map_err(Error::from)?;
+    let (state_dir, max_state) = options::state_settings(config)?;
     Ok(ReportContext {
+        state_dir,
+        max_state,
         options,
         tables: options::table_specs_from(&source.tables, &[], None, config)?,
         reports,
@@ -125,7 +128,42 @@ pub(crate) fn show(context: &ReportContext, args: &ReportNameArgs) -> Result<()>
             .map_or("(required)".to_string(), |v| v.to_string());
         println!("param:       {} {} = {default}", param.name, param.kind);
     }
+    show_states(context, report)?;
     println!("\n{}", report.sql.trim());
+    Ok(())
+}
+
+/// `report show`'s lines on per-file states: whether the report may use them, how the last run
+/// did (and why it read every file, when it did), and what is stored for each file.
+fn show_states(context: &ReportContext, report: &ReportDefinition) -> Result<()> {
+    if !report.incremental {
+        println!("incremental: off (incremental = false)");
+    }
+    match context
+        .history
+        .last_states(&report.name)
+        .map_err(Error::from)?
+    {
+        Some((run, outcome)) => println!("last run:    #{run}, {outcome}"),
+        None => println!("last run:    none with per-file states recorded"),
+    }
+    let folder = state_folder(&context.state_dir, &report.name);
+    if let Some(index) = crate::incremental::read_index(&folder) {
+        let total: u64 = index.files.iter().map(|state| state.bytes).sum();
+        println!(
+            "states:      {} files, {} in {}",
+            index.files.len(),
+            crate::units::human_bytes(total),
+            folder.display()
+        );
+        for state in &index.files {
+            println!(
+                "  {}\t{}",
+                crate::units::human_bytes(state.bytes),
+                state.path
+            );
+        }
+    }
     Ok(())
 }
 
@@ -160,8 +198,14 @@ pub(crate) async fn run(context: &ReportContext, args: &ReportRunArgs) -> Result
         Some(text) => Some(parse_at(report, text)?),
         None => None,
     };
-    let run = ReportRun::start(&context.history, report, values, scheduled_for, 1)?;
+    let run = ReportRun {
+        full: args.full,
+        ..ReportRun::start(&context.history, report, values, scheduled_for, 1)?
+    };
     let summary = run.execute(context).await?;
+    if args.stats {
+        eprintln!("{}", summary.stats);
+    }
     eprintln!(
         "report {}: {} rows, {} → {} (manifest {})",
         report.name,

@@ -22,13 +22,15 @@ pub(crate) async fn serve(
     let pool = crate::engine::memory::pool_size(options.memory_limit);
     // Each connection runs under its user's role; the shared session has none.
     let default_role = options.role.take();
-    let serve_options = options::serve_options(
+    let mut serve_options = options::serve_options(
         &args,
         &config.server,
         pool,
         options.privacy.as_deref(),
         default_role,
     )?;
+    let (state_dir, max_state) = options::state_settings(config)?;
+    serve_options.states = Some((state_dir.join("serve"), max_state));
     let engine = Engine::open(options, &specs).await?;
     crate::serve::run(engine, specs, reports, serve_options).await
 }

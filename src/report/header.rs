@@ -28,6 +28,7 @@ struct RawHeader {
     retries: Option<Spanned<i64>>,
     timeout: Option<Spanned<String>>,
     encrypt: Option<bool>,
+    incremental: Option<bool>,
     on_failure: Option<Vec<String>>,
     on_success: Option<Vec<String>>,
     late_after: Option<Spanned<String>>,
@@ -323,6 +324,7 @@ fn build_definition(
         retries,
         timeout,
         encrypt: raw.encrypt.unwrap_or(false),
+        incremental: raw.incremental.unwrap_or(true),
         alerts: AlertRules {
             on_failure: raw.on_failure,
             on_success: raw.on_success,

@@ -91,8 +91,9 @@ pub(crate) struct History {
 }
 
 /// The schema version this code writes (`PRAGMA user_version`).
-/// Version 2 added the `alerts` table (created on open; version-1 files gain it).
-const HISTORY_SCHEMA_VERSION: i64 = 2;
+/// Version 2 added the `alerts` table, version 3 `run_states` (created on open; older files
+/// gain them).
+const HISTORY_SCHEMA_VERSION: i64 = 3;
 
 const HISTORY_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS runs (
@@ -124,6 +125,11 @@ CREATE TABLE IF NOT EXISTS alerts (
     error         TEXT
 );
 CREATE INDEX IF NOT EXISTS alerts_by_report ON alerts (report, id);
+CREATE TABLE IF NOT EXISTS run_states (
+    run_id        INTEGER PRIMARY KEY,
+    mode          TEXT    NOT NULL,
+    outcome       TEXT    NOT NULL
+);
 ";
 
 /// One alert as recorded: which firing, what happened to it, which target, and whether the
@@ -274,6 +280,46 @@ impl History {
              WHERE id = ?1",
             params![id, time_to_text(Utc::now()), rows, bytes, output],
         )
+    }
+
+    /// Record how a succeeded run used per-file aggregate states (with its output: a run whose
+    /// output was not published has no row here).
+    pub(crate) fn record_states(
+        &self,
+        id: i64,
+        outcome: &crate::incremental::Outcome,
+    ) -> Result<(), ReportError> {
+        let text = serde_json::to_string(outcome).map_err(|error| self.error(error))?;
+        self.connection()
+            .execute(
+                "INSERT OR REPLACE INTO run_states (run_id, mode, outcome) VALUES (?1, ?2, ?3)",
+                params![id, outcome.mode(), text],
+            )
+            .map_err(|error| self.error(error))?;
+        Ok(())
+    }
+
+    /// The newest succeeded run of `report` with its use of states: (run id, outcome).
+    pub(crate) fn last_states(
+        &self,
+        report: &str,
+    ) -> Result<Option<(i64, crate::incremental::Outcome)>, ReportError> {
+        let row: Option<(i64, String)> = self
+            .connection()
+            .query_row(
+                "SELECT s.run_id, s.outcome FROM run_states s JOIN runs r ON r.id = s.run_id
+                 WHERE r.report = ?1 ORDER BY s.run_id DESC LIMIT 1",
+                params![report],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )
+            .optional()
+            .map_err(|error| self.error(error))?;
+        row.map(|(id, text)| {
+            serde_json::from_str(&text)
+                .map(|outcome| (id, outcome))
+                .map_err(|error| self.error(error))
+        })
+        .transpose()
     }
 
     /// Mark a run failed.

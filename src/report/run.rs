@@ -28,6 +28,9 @@ pub(crate) struct ReportContext {
     pub(crate) tables: Vec<TableSpec>,
     pub(crate) reports: Vec<ReportDefinition>,
     pub(crate) history: Arc<History>,
+    /// `[reports] state_dir` and `max_state`: per-file aggregate states (see `incremental`).
+    pub(crate) state_dir: PathBuf,
+    pub(crate) max_state: u64,
 }
 
 /// What a finished run published.
@@ -37,6 +40,10 @@ pub(crate) struct RunSummary {
     pub(crate) bytes: u64,
     pub(crate) output: String,
     pub(crate) manifest: String,
+    /// How the run used per-file states (recorded in the history with the run).
+    pub(crate) incremental: Option<crate::incremental::Outcome>,
+    /// What `--stats` prints for the run.
+    pub(crate) stats: String,
 }
 
 /// Parse `--at`: a date (midnight in the report's zone) or an RFC 3339 time.
@@ -185,6 +192,8 @@ pub(crate) struct ReportRun<'a> {
     pub(crate) run_id: i64,
     /// Who started it, for the audit log: `report` (by hand) or `schedule` (the daemon).
     pub(crate) entry: &'static str,
+    /// `report run --full`: recompute from every file, whatever states are stored.
+    pub(crate) full: bool,
 }
 
 impl<'a> ReportRun<'a> {
@@ -206,6 +215,7 @@ impl<'a> ReportRun<'a> {
             attempt,
             run_id,
             entry: "report",
+            full: false,
         })
     }
 
@@ -235,6 +245,11 @@ impl<'a> ReportRun<'a> {
                 history
                     .succeed(self.run_id, summary.rows, summary.bytes, &summary.output)
                     .map_err(Error::from)?;
+                if let Some(states) = &summary.incremental {
+                    history
+                        .record_states(self.run_id, states)
+                        .map_err(Error::from)?;
+                }
                 Ok(summary)
             }
             Err(error) => {
@@ -319,6 +334,7 @@ impl<'a> ReportRun<'a> {
             stats: false,
             progress: false,
             entry: self.entry,
+            incremental: Some(self.incremental_spec(context)),
         };
         let result = query::run_statement(&engine, plan, &options)
             .await
@@ -335,6 +351,14 @@ impl<'a> ReportRun<'a> {
             &result,
         )?;
         let outcome = result?.ok_or_else(|| Error::Internal("no outcome".into()))?;
+        let mut extras = serde_json::Map::new();
+        if let Some(groups) = outcome.stats.suppressed_groups {
+            // Only for aggregate-only roles: the groups the small-cell rule removed.
+            extras.insert("suppressed_groups".into(), groups.into());
+        }
+        if let Some(states) = &outcome.stats.incremental {
+            extras.insert("incremental".into(), manifest_states(states));
+        }
         let manifest = manifest_json(
             &report.name,
             outcome.output.rows,
@@ -343,7 +367,7 @@ impl<'a> ReportRun<'a> {
             &self.values,
             self.scheduled_for,
             &output,
-            outcome.stats.suppressed_groups,
+            extras,
         );
         let manifest_path = publish_manifest(&engine, &output, manifest).await?;
         Ok(RunSummary {
@@ -351,8 +375,57 @@ impl<'a> ReportRun<'a> {
             bytes: outcome.output.bytes,
             output,
             manifest: manifest_path,
+            stats: outcome.stats.to_string(),
+            incremental: outcome.stats.incremental,
         })
     }
+}
+
+impl ReportRun<'_> {
+    /// Where this report keeps its per-file states, and what its states depend on besides the
+    /// plan: the SQL and the parameter values (a change of either is a full recompute).
+    fn incremental_spec(&self, context: &ReportContext) -> crate::incremental::Spec {
+        let parameters = self
+            .values
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let full = match (self.report.incremental, self.full) {
+            (false, _) => Some("incremental = false in the report's header".to_string()),
+            (true, true) => Some("report run --full".to_string()),
+            (true, false) => None,
+        };
+        crate::incremental::Spec {
+            dir: state_folder(&context.state_dir, &self.report.name),
+            identity: vec![
+                ("the SQL".to_string(), self.report.sql.clone()),
+                ("the parameters".to_string(), parameters),
+            ],
+            max_state: context.max_state,
+            full,
+            grace: std::time::Duration::ZERO,
+        }
+    }
+}
+
+/// A report's state folder: `STATE_DIR/reports/NAME`.
+pub(crate) fn state_folder(state_dir: &std::path::Path, report: &str) -> PathBuf {
+    state_dir.join("reports").join(report)
+}
+
+/// The manifest's `incremental` object: how the run used per-file states, and why not when
+/// it read every file.
+fn manifest_states(outcome: &crate::incremental::Outcome) -> serde_json::Value {
+    serde_json::json!({
+        "mode": outcome.mode(),
+        "reason": outcome.reason,
+        "files_from_states": outcome.files_reused,
+        "files_read": outcome.files_read,
+        "files_dropped": outcome.files_dropped,
+        "state_bytes": outcome.state_bytes,
+        "largest_state_bytes": outcome.largest_state,
+    })
 }
 
 /// A report without an `output` in its header writes to `reports/{name}/{scheduled_date}.EXT`.
@@ -416,7 +489,7 @@ pub(crate) fn manifest_json(
     values: &[(String, ParamValue)],
     scheduled_for: Option<DateTime<Utc>>,
     output: &str,
-    suppressed_groups: Option<u64>,
+    extras: serde_json::Map<String, serde_json::Value>,
 ) -> String {
     let params: serde_json::Map<String, serde_json::Value> = values
         .iter()
@@ -434,9 +507,8 @@ pub(crate) fn manifest_json(
         "spillway_version": env!("CARGO_PKG_VERSION"),
     });
     let mut manifest = manifest;
-    if let (Some(groups), Some(object)) = (suppressed_groups, manifest.as_object_mut()) {
-        // Only for aggregate-only roles: the groups the small-cell rule removed.
-        object.insert("suppressed_groups".into(), groups.into());
+    if let Some(object) = manifest.as_object_mut() {
+        object.extend(extras);
     }
     // Serialising a `Value` built from strings and numbers cannot fail.
     let mut text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
@@ -589,7 +661,7 @@ mod tests {
             &values,
             Some(utc(2024, 2, 1, 11, 0)),
             "out/r.csv",
-            None,
+            Default::default(),
         );
         assert!(text.ends_with('\n'));
         let parsed: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -612,7 +684,7 @@ mod tests {
                 "spillway_version": env!("CARGO_PKG_VERSION"),
             })
         );
-        let manual = manifest_json("r", 0, 0, "", &[], None, "o", None);
+        let manual = manifest_json("r", 0, 0, "", &[], None, "o", Default::default());
         let parsed: serde_json::Value = serde_json::from_str(&manual).unwrap();
         assert_eq!(parsed["scheduled_for"], serde_json::Value::Null);
     }

@@ -70,7 +70,7 @@ impl OnAuthenticated for Opener {
         let role = server.role_of(&user).cloned();
         let (ctx, privacy_guard) = server
             .engine
-            .session_with_memory_cap(server.query_memory, role.as_ref())
+            .session_with_memory_cap(server.query_memory, role.as_ref(), server.states.as_ref())
             .map_err(|e| PgWireError::ApiError(Box::new(e)))?;
         let service = DfSessionService::new_with_hooks(Arc::new(ctx), server.hooks.clone());
         let (pid, secret) = client.pid_and_secret_key();

@@ -73,6 +73,8 @@ pub(crate) struct Server {
     /// speak the protocol, so timeouts, cancel requests and other clients are answered while
     /// a heavy statement keeps every query thread busy.
     pub(crate) queries: tokio::runtime::Handle,
+    /// Where dashboard aggregations keep per-file states, and their bound (see `incremental`).
+    pub(crate) states: Option<(std::path::PathBuf, u64)>,
 }
 
 impl Server {
@@ -174,6 +176,7 @@ impl Server {
             counters: Counters::default(),
             active: AtomicU64::new(0),
             queries,
+            states: options.states.clone(),
         });
         late_stats.set(&server);
         Ok(server)

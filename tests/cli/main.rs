@@ -8,6 +8,7 @@ mod common;
 mod errors;
 mod excel;
 mod gen;
+mod incremental;
 mod inspect;
 mod memory;
 mod output;
