@@ -192,7 +192,12 @@ impl Split {
         let scan = scan
             .repartitioned(options.execution.target_partitions, options)?
             .unwrap_or(scan);
-        replace(&self.partial, &self.fact, scan)
+        // Fresh operator state for each run: some operators (repartitions) may run only once.
+        datafusion::physical_plan::execution_plan::reset_plan_states(replace(
+            &self.partial,
+            &self.fact,
+            scan,
+        )?)
     }
 
     /// `plan` with the per-file part replaced by `states`, a scan of partial states.

@@ -208,7 +208,8 @@ fn incremental_runs_equal_full_recomputes_after_random_adds_rewrites_and_removal
         place(i, Some("a"));
         present[i] = Some("a");
     }
-    for step in 0..10 {
+    let mut seen = BTreeSet::new();
+    for step in 0..16 {
         let (what, read, dropped) = if step == 0 {
             ("start", 3, 0)
         } else {
@@ -236,6 +237,7 @@ fn incremental_runs_equal_full_recomputes_after_random_adds_rewrites_and_removal
                 }
             }
         };
+        seen.insert(what);
         let files = present.iter().flatten().count() as u64;
         let context = format!("seed {seed:#x}, step {step} ({what}), files {present:?}");
         for report in REPORTS {
@@ -285,6 +287,7 @@ fn incremental_runs_equal_full_recomputes_after_random_adds_rewrites_and_removal
             .sum();
         assert_eq!(counted, claims_in_folder(&ws), "{context}");
     }
+    assert_eq!(seen.len(), 4, "the sequence tried every change: {seen:?}");
     // The state folder holds one state per present file and report, and the indexes.
     let states = ws
         .files_below("state")
@@ -450,9 +453,10 @@ fn a_run_killed_after_writing_states_leaves_states_the_next_run_uses_correctly()
     // Kill it the moment the new file's state is published (or when it has finished).
     let killed = loop {
         let now: BTreeSet<_> = ws.files_below("state").into_iter().collect();
-        let published = now
-            .difference(&before)
-            .any(|p| p.extension().is_some_and(|e| e == "arrows"));
+        let published = now.difference(&before).any(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.ends_with(".arrows") && !name.starts_with(".tmp-")
+        });
         if published {
             unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
             break true;
