@@ -374,3 +374,98 @@ fn keeps_rows_apart(join: JoinType, fact_on_left: bool) -> bool {
         _ => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::prelude::{CsvReadOptions, SessionConfig, SessionContext};
+
+    /// A session over two small CSV files of claims-like rows and a dimension file.
+    async fn session() -> (SessionContext, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("claims")).unwrap();
+        for (name, rows) in [("a.csv", "p1,1.5\np2,2.5\n"), ("b.csv", "p1,4.0\n")] {
+            let text = format!("plan,cost\n{rows}");
+            std::fs::write(dir.path().join("claims").join(name), text).unwrap();
+        }
+        std::fs::write(dir.path().join("plans.csv"), "plan,kind\np1,x\n").unwrap();
+        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let claims = format!("{}/claims/", dir.path().display());
+        ctx.register_csv("claims", &claims, CsvReadOptions::new())
+            .await
+            .unwrap();
+        let plans = format!("{}/plans.csv", dir.path().display());
+        ctx.register_csv("plans", &plans, CsvReadOptions::new())
+            .await
+            .unwrap();
+        (ctx, dir)
+    }
+
+    async fn split_of(sql: &str) -> Result<Split, String> {
+        let (ctx, _dir) = session().await;
+        let plan = ctx
+            .sql(sql)
+            .await
+            .unwrap()
+            .create_physical_plan()
+            .await
+            .unwrap();
+        find(&plan)
+    }
+
+    #[tokio::test]
+    async fn a_grouped_aggregation_over_files_splits_per_file() {
+        let split =
+            split_of("SELECT plan, count(*), sum(cost), min(cost) FROM claims GROUP BY plan")
+                .await
+                .unwrap();
+        let names: Vec<&str> = split
+            .files
+            .iter()
+            .map(|f| f.path.rsplit('/').next().unwrap())
+            .collect();
+        assert_eq!(names, ["a.csv", "b.csv"]);
+        assert!(split.joined.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_join_to_a_dimension_splits_and_its_files_are_part_of_the_key() {
+        let split = split_of(
+            "SELECT p.kind, sum(c.cost) FROM claims c JOIN plans p ON c.plan = p.plan GROUP BY p.kind",
+        )
+        .await
+        .unwrap();
+        assert_eq!(split.files.len(), 2);
+        assert_eq!(split.joined.len(), 1);
+        assert!(split.joined[0].contains("plans.csv"));
+    }
+
+    #[tokio::test]
+    async fn what_cannot_merge_is_named() {
+        let median = split_of("SELECT plan, median(cost) FROM claims GROUP BY plan").await;
+        assert_eq!(
+            median.err().unwrap(),
+            "`median` has no state that merges across files"
+        );
+        let rows = split_of("SELECT cost FROM claims ORDER BY cost LIMIT 1").await;
+        assert_eq!(rows.err().unwrap(), "the query is not an aggregation");
+        let window = split_of(
+            "SELECT plan, count(*) FROM (SELECT plan, row_number() OVER (ORDER BY cost) AS n FROM claims) WHERE n > 1 GROUP BY plan",
+        )
+        .await;
+        assert!(window
+            .err()
+            .unwrap()
+            .contains("lies between the aggregation"));
+    }
+
+    #[test]
+    fn outer_joins_keep_rows_apart_only_on_the_side_they_preserve() {
+        assert!(keeps_rows_apart(JoinType::Inner, true));
+        assert!(keeps_rows_apart(JoinType::Inner, false));
+        assert!(keeps_rows_apart(JoinType::Left, true));
+        assert!(!keeps_rows_apart(JoinType::Left, false));
+        assert!(keeps_rows_apart(JoinType::RightAnti, false));
+        assert!(!keeps_rows_apart(JoinType::Full, true));
+    }
+}
