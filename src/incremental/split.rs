@@ -426,6 +426,10 @@ mod tests {
             .collect();
         assert_eq!(names, ["a.csv", "b.csv"]);
         assert!(split.joined.is_empty());
+        // A lone count(DISTINCT x) is planned as two groupings: the lower one splits.
+        let distinct =
+            split_of("SELECT plan, count(DISTINCT cost) FROM claims GROUP BY plan").await;
+        assert_eq!(distinct.unwrap().files.len(), 2);
     }
 
     #[tokio::test]
