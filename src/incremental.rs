@@ -392,7 +392,7 @@ async fn write_state(
     name: &str,
     budget: u64,
 ) -> Result<Option<u64>> {
-    let temporary = dir.join(format!("{TEMPORARY}{}-{name}", std::process::id()));
+    let temporary = dir.join(temporary_name(name));
     let written = async {
         let file = std::fs::File::create(&temporary).map_err(|e| state_error(&temporary, e))?;
         let counted = CountingWriter {
@@ -433,6 +433,14 @@ async fn write_state(
             other
         }
     }
+}
+
+/// A temporary name no other writer uses, in this process (a server's sessions may write the
+/// same state at once) or another.
+fn temporary_name(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{TEMPORARY}{}-{n}-{name}", std::process::id())
 }
 
 fn arrow(error: datafusion::arrow::error::ArrowError) -> Error {
@@ -481,7 +489,7 @@ fn scan_states(
 
 fn write_index(dir: &Path, index: &Index) -> Result<()> {
     let text = serde_json::to_vec_pretty(index).map_err(|e| state_error(dir, e))?;
-    let temporary = dir.join(format!("{TEMPORARY}{}-{INDEX}", std::process::id()));
+    let temporary = dir.join(temporary_name(INDEX));
     std::fs::write(&temporary, text).map_err(|e| state_error(&temporary, e))?;
     std::fs::rename(&temporary, dir.join(INDEX)).map_err(|e| state_error(dir, e))
 }
