@@ -72,6 +72,9 @@ pub(crate) struct Outcome {
     pub(crate) files_read: u64,
     /// Stored states dropped: their file was removed or rewritten.
     pub(crate) files_dropped: u64,
+    /// The size of the files read (what a full run would read of every file).
+    #[serde(default)]
+    pub(crate) bytes_read: u64,
     /// The states now stored, in bytes, in all and for the largest file.
     pub(crate) state_bytes: u64,
     pub(crate) largest_state: u64,
@@ -200,6 +203,7 @@ pub(crate) async fn apply(
     }
     outcome.files_reused = stored.len() as u64;
     outcome.files_read = fresh.len() as u64;
+    outcome.bytes_read = fresh.iter().map(|(file, _)| file.size).sum();
     outcome.files_dropped = dropped(previous.as_ref(), &key, &split.files);
     let mut total: u64 = stored.iter().map(|s| s.bytes).sum();
     for (file, name) in fresh {

@@ -103,14 +103,28 @@ pub(crate) struct QueryStats {
 impl fmt::Display for QueryStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "rows out:      {}", self.rows)?;
-        writeln!(
-            f,
-            "files scanned: {} ({}; {} fetched in {} requests)",
-            self.files,
-            human_bytes(self.bytes_in_files),
-            human_bytes(self.bytes_fetched),
-            self.requests
-        )?;
+        match &self.incremental {
+            // The executed plan reads the stored states; the files were read before it ran.
+            Some(states) if states.state_bytes > 0 => writeln!(
+                f,
+                "files scanned: {} of {} ({}) and {} states ({}); {} fetched in {} requests",
+                states.files_read,
+                states.files_read + states.files_reused,
+                human_bytes(states.bytes_read),
+                self.files,
+                human_bytes(states.state_bytes),
+                human_bytes(self.bytes_fetched),
+                self.requests
+            )?,
+            _ => writeln!(
+                f,
+                "files scanned: {} ({}; {} fetched in {} requests)",
+                self.files,
+                human_bytes(self.bytes_in_files),
+                human_bytes(self.bytes_fetched),
+                self.requests
+            )?,
+        }
         writeln!(f, "elapsed:       {:.3}s", self.elapsed.as_secs_f64())?;
         writeln!(
             f,

@@ -268,6 +268,12 @@ fn incremental_runs_equal_full_recomputes_after_random_adds_rewrites_and_removal
                 Some(files - read),
                 "{context}"
             );
+            let scanned = format!("files scanned: {read} of {files} (");
+            assert!(
+                incremental.stderr.contains(&scanned),
+                "{}",
+                incremental.stderr
+            );
             let expected_mode = if step == 0 { "full" } else { "incremental" };
             assert_eq!(
                 states["mode"], expected_mode,
