@@ -641,3 +641,76 @@ fn keep_recent(root: &Path, kept: usize) {
         reclaim(folder);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::util::pretty::pretty_format_batches;
+    use datafusion::physical_plan::collect;
+    use datafusion::prelude::{SessionConfig, SessionContext};
+
+    fn spec(dir: &Path) -> Spec {
+        Spec {
+            dir: dir.to_path_buf(),
+            identity: vec![("the SQL".into(), "test".into())],
+            max_state: DEFAULT_MAX_STATE,
+            full: None,
+            grace: Duration::ZERO,
+        }
+    }
+
+    async fn answer(ctx: &SessionContext, plan: Arc<dyn ExecutionPlan>) -> String {
+        let batches = collect(plan, ctx.task_ctx()).await.unwrap();
+        pretty_format_batches(&batches).unwrap().to_string()
+    }
+
+    /// Whatever mode the planner chose for the aggregation (two stages, or one stage over input
+    /// already partitioned by the keys, as after a partitioned join), the merged plan answers
+    /// what the plan answers, the first time (all states fresh) and the next (all stored).
+    #[tokio::test]
+    async fn a_merged_plan_answers_as_the_plan_does_in_every_aggregation_mode() {
+        let mut config = SessionConfig::new().with_target_partitions(2);
+        let optimizer = &mut config.options_mut().optimizer;
+        optimizer.hash_join_single_partition_threshold = 0;
+        optimizer.hash_join_single_partition_threshold_rows = 0;
+        let (ctx, dir) = split::tests::session_with(config).await;
+        let sql = "SELECT c.plan, count(*) AS n, sum(c.cost) AS cost, max(c.cost) AS top \
+                   FROM claims c JOIN plans p ON c.plan = p.plan GROUP BY c.plan ORDER BY c.plan";
+        let single = "SELECT count(*) AS n, min(cost) AS low FROM claims";
+        let mut modes = std::collections::BTreeSet::new();
+        for (i, sql) in [sql, single].into_iter().enumerate() {
+            let plan = || async {
+                ctx.sql(sql)
+                    .await
+                    .unwrap()
+                    .create_physical_plan()
+                    .await
+                    .unwrap()
+            };
+            let expected = answer(&ctx, plan().await).await;
+            let shown = format!(
+                "{}",
+                datafusion::physical_plan::displayable(plan().await.as_ref()).indent(false)
+            );
+            modes.extend(
+                ["SinglePartitioned", "mode=Single,", "Partial"]
+                    .into_iter()
+                    .filter(|m| shown.contains(m)),
+            );
+            let states = dir.path().join(format!("states-{i}"));
+            for (run, read) in [(1, 2), (2, 0)] {
+                let (merged, outcome) = apply(plan().await, &spec(&states), ctx.task_ctx())
+                    .await
+                    .unwrap();
+                assert_eq!(outcome.files_read, read, "run {run} of {sql}");
+                assert_eq!(outcome.incremental, run == 2);
+                assert_eq!(
+                    answer(&ctx, merged).await,
+                    expected,
+                    "run {run} of {sql}:\n{shown}"
+                );
+            }
+        }
+        assert!(modes.contains("SinglePartitioned"), "{modes:?}");
+    }
+}

@@ -19,7 +19,9 @@ use datafusion::datasource::source::DataSourceExec;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
 use datafusion::physical_plan::coalesce_partitions::CoalescePartitionsExec;
 use datafusion::physical_plan::joins::{HashJoinExec, NestedLoopJoinExec, SortMergeJoinExec};
+use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::Partitioning;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -211,15 +213,35 @@ impl Split {
         };
         let replacement: Arc<dyn ExecutionPlan> = match exec.mode() {
             AggregateMode::Partial => states,
-            // A single-stage aggregation becomes its final stage over the merged states.
-            _ => Arc::new(AggregateExec::try_new(
-                AggregateMode::Final,
-                exec.group_expr().as_final(),
-                exec.aggr_expr().to_vec(),
-                exec.filter_expr().to_vec(),
-                Arc::new(CoalescePartitionsExec::new(states)),
-                exec.input_schema(),
-            )?),
+            // A single-stage aggregation becomes its final stage over the merged states: one
+            // stream, or (when its parent relies on the partitioning by the group keys) the
+            // states hash-partitioned by those keys as the input was.
+            mode => {
+                let group = exec.group_expr().as_final();
+                let (mode, input): (_, Arc<dyn ExecutionPlan>) = match mode {
+                    AggregateMode::SinglePartitioned => {
+                        let keys = group.input_exprs();
+                        let count = exec.properties().output_partitioning().partition_count();
+                        let hashed = Partitioning::Hash(keys, count);
+                        (
+                            AggregateMode::FinalPartitioned,
+                            Arc::new(RepartitionExec::try_new(states, hashed)?),
+                        )
+                    }
+                    _ => (
+                        AggregateMode::Final,
+                        Arc::new(CoalescePartitionsExec::new(states)),
+                    ),
+                };
+                Arc::new(AggregateExec::try_new(
+                    mode,
+                    group,
+                    exec.aggr_expr().to_vec(),
+                    exec.filter_expr().to_vec(),
+                    input,
+                    exec.input_schema(),
+                )?)
+            }
         };
         replace(plan, &self.aggregate, replacement)
     }
@@ -376,12 +398,17 @@ fn keeps_rows_apart(join: JoinType, fact_on_left: bool) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use datafusion::prelude::{CsvReadOptions, SessionConfig, SessionContext};
 
     /// A session over two small CSV files of claims-like rows and a dimension file.
-    async fn session() -> (SessionContext, tempfile::TempDir) {
+    pub(crate) async fn session() -> (SessionContext, tempfile::TempDir) {
+        session_with(SessionConfig::new().with_target_partitions(2)).await
+    }
+
+    /// [`session`] with settings of the caller's.
+    pub(crate) async fn session_with(config: SessionConfig) -> (SessionContext, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("claims")).unwrap();
         for (name, rows) in [("a.csv", "p1,1.5\np2,2.5\n"), ("b.csv", "p1,4.0\n")] {
@@ -389,7 +416,7 @@ mod tests {
             std::fs::write(dir.path().join("claims").join(name), text).unwrap();
         }
         std::fs::write(dir.path().join("plans.csv"), "plan,kind\np1,x\n").unwrap();
-        let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(2));
+        let ctx = SessionContext::new_with_config(config);
         let claims = format!("{}/claims/", dir.path().display());
         ctx.register_csv("claims", &claims, CsvReadOptions::new())
             .await
