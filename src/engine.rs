@@ -437,8 +437,10 @@ impl Engine {
         // The logical plan decides the states too (a changed table definition changes it);
         // the physical one would also change with the number of files.
         let mut spec = spec.clone();
-        spec.identity
-            .push(("the plan".into(), plan.display_indent().to_string()));
+        spec.identity.push((
+            crate::incremental::PLAN_PART.into(),
+            plan.display_indent().to_string(),
+        ));
         let physical = state.create_physical_plan(&plan).await?;
         let task = Arc::new(TaskContext::from(&state));
         let (physical, outcome) = crate::incremental::apply(physical, &spec, task.clone()).await?;

@@ -39,6 +39,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The identity part that holds the logical plan (see [`Spec::identity`]).
+pub(crate) const PLAN_PART: &str = "the plan";
+
 /// The default bound on one report's (or query's) stored states: `[reports] max_state`.
 pub(crate) const DEFAULT_MAX_STATE: u64 = 1 << 30;
 
@@ -311,11 +314,12 @@ fn hex(bytes: &[u8]) -> String {
 
 /// What the key is made of, each part hashed, in the order a change is explained.
 fn key_parts(spec: &Spec, split: &Split) -> Vec<(String, String)> {
-    let mut parts: Vec<(String, String)> = spec
+    // The plan changes with the schema too: name the schema first when it is what changed.
+    let (plan, mut parts): (Vec<_>, Vec<_>) = spec
         .identity
         .iter()
         .map(|(name, value)| (name.clone(), hex(&sha256([value.as_str()]))))
-        .collect();
+        .partition(|(name, _)| name == PLAN_PART);
     parts.push((
         "the table's schema".into(),
         hex(&sha256([split.fact_schema.as_str()])),
@@ -324,6 +328,7 @@ fn key_parts(spec: &Spec, split: &Split) -> Vec<(String, String)> {
         "the files of a joined table".into(),
         hex(&sha256(split.joined.iter().map(String::as_str))),
     ));
+    parts.extend(plan);
     parts.push((
         "the spillway version".into(),
         env!("CARGO_PKG_VERSION").into(),

@@ -360,11 +360,22 @@ fn a_report_that_cannot_merge_recomputes_in_full_and_says_why() {
         "the SQL changed since the stored states"
     );
 
+    // A column's type changed in the table's definition: the schema is named.
+    let config = std::fs::read_to_string(ws.path("spillway.toml")).unwrap();
+    let widened = config.replace("days_supply = \"int32\"", "days_supply = \"int64\"");
+    assert_ne!(widened, config);
+    ws.write("spillway.toml", &widened);
+    let retyped = run(&ws, report, "2024-06-01", &[]);
+    assert_eq!(
+        retyped.states["reason"],
+        "the table's schema changed since the stored states"
+    );
+
     // `report show` says how the last run went and what is stored per file.
     let shown = ws.run(&["report", "show", report, "--queries", "queries"]);
     let shown = shown.success();
     assert!(
-        shown.contains("full recompute (the SQL changed since the stored states)"),
+        shown.contains("full recompute (the table's schema changed since the stored states)"),
         "{shown}"
     );
     assert!(shown.contains("states:      2 files"), "{shown}");
