@@ -71,6 +71,7 @@ const MERGEABLE: &[&str] = &[
 /// byte ranges the plan split it into.
 #[derive(Debug, Clone)]
 pub(crate) struct InputFile {
+    /// The file's URL: its store and its path there (`file:///data/a.csv`).
     pub(crate) path: String,
     pub(crate) size: u64,
     pub(crate) modified: String,
@@ -308,17 +309,20 @@ fn bytes_of(config: &FileScanConfig) -> u64 {
     files_of(config).values().map(|file| file.size).sum()
 }
 
-/// A scan's files by path, each once however many ranges the plan cut it into.
+/// A scan's files by URL (the store's and the path in it: `file:///data/a.csv`,
+/// `s3://bucket/a.csv`), each once however many ranges the plan cut it into.
 fn files_of(config: &FileScanConfig) -> BTreeMap<String, InputFile> {
     let mut files = BTreeMap::new();
+    let store = config.object_store_url.as_str();
     for group in &config.file_groups {
         for part in group.iter() {
             let meta = &part.object_meta;
-            files.entry(meta.location.to_string()).or_insert_with(|| {
+            let url = format!("{store}{}", meta.location);
+            files.entry(url.clone()).or_insert_with(|| {
                 let mut whole = part.clone();
                 whole.range = None;
                 InputFile {
-                    path: meta.location.to_string(),
+                    path: url,
                     size: meta.size,
                     modified: meta.last_modified.to_rfc3339(),
                     etag: meta.e_tag.clone(),
