@@ -541,3 +541,55 @@ async fn a_dashboard_query_after_a_new_file_merges_that_files_state_only() {
     );
     server.stop();
 }
+
+#[test]
+fn over_s3_a_new_object_and_a_rewritten_one_are_all_a_run_reads() {
+    let server = crate::s3::S3Server::start();
+    let (ws, names) = workspace(9_000, 3);
+    let config = std::fs::read_to_string(ws.path("spillway.toml")).unwrap();
+    let remote = config.replace("\"claims/claims-", "\"s3://data/claims/claims-");
+    assert_ne!(remote, config);
+    ws.write(
+        "spillway.toml",
+        format!("{remote}\n{}", server.config(crate::s3::SECRET, "")),
+    );
+    let bucket = server.bucket("data").join("claims");
+    std::fs::create_dir_all(&bucket).unwrap();
+    let put = |name: &str, pool: &str| {
+        std::fs::copy(
+            ws.path(&format!("pool/{pool}")).join(name),
+            bucket.join(name),
+        )
+        .unwrap();
+    };
+    put(&names[0], "a");
+    put(&names[1], "a");
+    let report = "monthly_spend_by_plan_state";
+    assert_eq!(run(&ws, report, "2024-06-01", &[]).states["files_read"], 2);
+    for (change, name, pool, dropped) in [
+        ("added", &names[2], "a", 0),
+        ("rewritten", &names[0], "b", 1),
+    ] {
+        put(name, pool);
+        let incremental = run(&ws, report, "2024-06-01", &[]);
+        let full = run(&ws, report, "2024-06-02", &["--full"]);
+        assert_eq!(incremental.rows, full.rows, "{change}");
+        let states = &incremental.states;
+        assert_eq!(states["mode"], "incremental", "{change}: {states}");
+        assert_eq!(
+            (
+                states["files_from_states"].as_u64(),
+                states["files_read"].as_u64()
+            ),
+            (Some(2), Some(1)),
+            "{change}: {states}"
+        );
+        assert_eq!(states["files_dropped"].as_u64(), Some(dropped), "{change}");
+    }
+    let shown = ws.run(&["report", "show", report, "--queries", "queries"]);
+    assert!(
+        shown.success().contains("s3://data/claims/"),
+        "{}",
+        shown.stdout
+    );
+}
