@@ -154,6 +154,8 @@ pub(crate) struct ClusterSection {
 pub(crate) struct ServerSection {
     /// `HOST:PORT` to listen on (default `127.0.0.1:5432`). A non-loopback address needs users.
     pub(crate) listen: Option<String>,
+    /// `false`: dashboard aggregations keep no per-file states (default `true`).
+    pub(crate) incremental: Option<bool>,
     /// Connections served at once; the next client is refused with an error (default 64).
     pub(crate) max_connections: Option<usize>,
     /// Longest a statement may run, e.g. `5min`, `30s` (default 5min; `0` for none). Clients may

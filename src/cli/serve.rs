@@ -30,7 +30,9 @@ pub(crate) async fn serve(
         default_role,
     )?;
     let (state_dir, max_state) = options::state_settings(config)?;
-    serve_options.states = Some((state_dir.join("serve"), max_state));
+    if config.server.incremental != Some(false) {
+        serve_options.states = Some((state_dir.join("serve"), max_state));
+    }
     let engine = Engine::open(options, &specs).await?;
     crate::serve::run(engine, specs, reports, serve_options).await
 }
