@@ -24,15 +24,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/spillway-target}"
-if [ -z "${SPILLWAY_BIN:-}" ]; then
-  cargo build --release --quiet
-  SPILLWAY_BIN="$CARGO_TARGET_DIR/release/spillway"
-fi
-build="release build"
-case "$SPILLWAY_BIN" in
-  */debug/*) build="debug build (dependencies at opt-level 2, Spillway's own code at 0)" ;;
-esac
+. benches/lib.sh
+spillway_binary
 command -v psql >/dev/null || { echo "incremental.sh: needs psql (postgresql-client)" >&2; exit 2; }
 
 data="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/monthly-$rows"
@@ -74,13 +67,10 @@ done
 cat "$data"/claims-*.csv > /dev/null
 
 measure() { # name, command...: prints "seconds peak_mib fetched_bytes"
-  local name="$1"; shift
-  (cd "$work" && /usr/bin/time -v -o "$work/$name.time" "$@" > "$work/$name.out" 2> "$work/$name.err")
-  local seconds rss fetched
-  seconds=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$work/$name.time")
-  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$work/$name.time")
+  local name="$1" timed fetched
+  timed=$(cd "$work" && time_process "$work" "$@")
   fetched=$(sed -n 's/^files scanned:.*; \(.*\) fetched in.*/\1/p' "$work/$name.err" | head -1)
-  echo "$seconds $rss ${fetched// /}"
+  echo "$timed ${fetched// /}"
 }
 
 out="$repo/benches/results/incremental-$rows.md"

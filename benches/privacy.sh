@@ -24,20 +24,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/spillway-target}"
-if [ -z "${SPILLWAY_BIN:-}" ]; then
-  cargo build --release --quiet
-  SPILLWAY_BIN="$CARGO_TARGET_DIR/release/spillway"
-fi
+. benches/lib.sh
+spillway_binary
 
-data="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/claims-$rows-$format"
-if [ ! -d "$data" ] || [ ! -f "$data.toml" ]; then
-  echo "privacy.sh: generating $rows claims ($format) in $data" >&2
-  rm -rf "$data"
-  "$SPILLWAY_BIN" gen claims --rows "$rows" --files 8 --format "$format" --out "$data" --seed 42 \
-    --print-config > "$data.toml.tmp"
-  mv "$data.toml.tmp" "$data.toml"
-fi
+claims_data privacy.sh "$rows" "$format"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

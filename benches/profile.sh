@@ -21,42 +21,22 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/spillway-target}"
-if [ -z "${SPILLWAY_BIN:-}" ]; then
-  cargo build --release --quiet
-  SPILLWAY_BIN="$CARGO_TARGET_DIR/release/spillway"
-fi
-build="release build"
-case "$SPILLWAY_BIN" in
-  */debug/*) build="debug build (dependencies at opt-level 2, Spillway's own code at 0)" ;;
-esac
+. benches/lib.sh
+spillway_binary
 python="${SPILLWAY_BENCH_PYTHON:-$HOME/.cache/spillway/pg-venv/bin/python}"
 "$python" -c "import duckdb" || {
   echo "profile.sh: $python lacks duckdb (run .ci/run, or set SPILLWAY_BENCH_PYTHON)" >&2
   exit 2
 }
 
-data="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/claims-$rows-$format"
-if [ ! -d "$data" ] || [ ! -f "$data.toml" ]; then
-  echo "profile.sh: generating $rows claims ($format) in $data" >&2
-  rm -rf "$data"
-  mkdir -p "$(dirname "$data")"
-  "$SPILLWAY_BIN" gen claims --rows "$rows" --files 8 --format "$format" --out "$data" --seed 42 \
-    --print-config > "$data.toml.tmp"
-  mv "$data.toml.tmp" "$data.toml"
-fi
+claims_data profile.sh "$rows" "$format"
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp "$data.toml" "$work/spillway.toml"
 
 measure() { # name, command...: prints "seconds peak_mib"
-  local name="$1"; shift
-  /usr/bin/time -v -o "$work/$name.time" "$@" > "$work/$name.out"
-  local seconds rss
-  seconds=$(awk -F': ' '/Elapsed \(wall clock\)/ {n=split($2,t,":"); s=0; for(i=1;i<=n;i++) s=s*60+t[i]; print s}' "$work/$name.time")
-  rss=$(awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2/1024}' "$work/$name.time")
-  echo "$seconds $rss"
+  time_process "$work" "$@"
 }
 
 spillway=$(cd "$work" && measure spillway "$SPILLWAY_BIN" profile --format csv claims)

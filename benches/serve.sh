@@ -22,23 +22,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/spillway-target}"
-if [ -z "${SPILLWAY_BIN:-}" ]; then
-  cargo build --release --quiet
-  SPILLWAY_BIN="$CARGO_TARGET_DIR/release/spillway"
-fi
+. benches/lib.sh
+spillway_binary
 command -v psql >/dev/null || { echo "serve.sh: needs psql (postgresql-client)" >&2; exit 2; }
 
-data="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/claims-$rows-$format"
-# The generator prints the table's config (for CSV with the explicit schema); it is kept beside
-# the cached data, and a cache without it is made again.
-if [ ! -d "$data" ] || [ ! -f "$data.toml" ]; then
-  echo "serve.sh: generating $rows claims ($format) in $data" >&2
-  rm -rf "$data"
-  "$SPILLWAY_BIN" gen claims --rows "$rows" --files 8 --format "$format" --out "$data" --seed 42 \
-    --print-config > "$data.toml.tmp"
-  mv "$data.toml.tmp" "$data.toml"
-fi
+claims_data serve.sh "$rows" "$format"
 
 work=$(mktemp -d)
 trap 'kill "$pid" 2>/dev/null || true; rm -rf "$work"' EXIT

@@ -27,30 +27,15 @@ if [ "$rows" -gt 1048575 ]; then
   exit 2
 fi
 
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/spillway-target}"
-if [ -z "${SPILLWAY_BIN:-}" ]; then
-  cargo build --release --quiet
-  SPILLWAY_BIN="$CARGO_TARGET_DIR/release/spillway"
-fi
-build="release build"
-case "$SPILLWAY_BIN" in
-  */debug/*) build="debug build (dependencies at opt-level 2, Spillway's own code at 0)" ;;
-esac
+. benches/lib.sh
+spillway_binary
 python="${SPILLWAY_BENCH_PYTHON:-$HOME/.cache/spillway/pg-venv/bin/python}"
 "$python" -c "import pandas, openpyxl" || {
   echo "xlsx.sh: $python lacks pandas or openpyxl (run .ci/run, or set SPILLWAY_BENCH_PYTHON)" >&2
   exit 2
 }
 
-data="${SPILLWAY_BENCH_DIR:-$HOME/.cache/spillway/bench}/claims-$rows-parquet"
-if [ ! -d "$data" ] || [ ! -f "$data.toml" ]; then
-  echo "xlsx.sh: generating $rows claims (parquet) in $data" >&2
-  rm -rf "$data"
-  mkdir -p "$(dirname "$data")"
-  "$SPILLWAY_BIN" gen claims --rows "$rows" --files 8 --format parquet --out "$data" --seed 42 \
-    --print-config > "$data.toml.tmp"
-  mv "$data.toml.tmp" "$data.toml"
-fi
+claims_data xlsx.sh "$rows" parquet
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -61,14 +46,9 @@ FROM claims"
 # pandas reads the same rows from CSV (untimed), with the codes as text and dates as dates.
 (cd "$work" && "$SPILLWAY_BIN" query --quiet -o rows.csv "$sql")
 
-# Run a command under /usr/bin/time -v; prints "seconds peak_rss_mib".
+# Run a command under /usr/bin/time -v; prints "seconds peak_rss_mib" (its output: $work/run.out).
 timed() {
-  /usr/bin/time -v -o "$work/time" "$@" > "$work/out" 2> "$work/err" \
-    || { cat "$work/err" "$work/time" >&2; exit 1; }
-  awk -F': ' '
-    /Elapsed \(wall clock\)/ { n = split($2, p, ":"); s = 0; for (i = 1; i <= n; i++) s = s * 60 + p[i] }
-    /Maximum resident set size/ { kib = $2 }
-    END { printf "%.2f %d\n", s, kib / 1024 }' "$work/time"
+  time_process "$work" run "$@"
 }
 
 spillway_run() {
@@ -103,7 +83,7 @@ for run in $(seq "$runs"); do
   s_times+="$s "
   read -r p p_rss < <(pandas_run)
   p_times+="$p "
-  p_write+="$(cat "$work/out") "
+  p_write+="$(cat "$work/run.out") "
 done
 expected="A1:H$((rows + 1))"
 for file in spillway.xlsx pandas.xlsx; do
