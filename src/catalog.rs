@@ -285,6 +285,12 @@ impl RegisteredTable {
 /// A value that breaks its column's inferred type: say which schema line fixes it. The
 /// message names the column by position (DataFusion's reader) or by name (Spillway's).
 pub(crate) fn suggest_schema(error: Error, table: &RegisteredTable) -> Error {
+    let error = match error {
+        Error::Input(message) if table.format == TableFormat::Csv => {
+            Error::Input(physical_line_numbers(&message))
+        }
+        other => other,
+    };
     let Error::Input(message) = &error else {
         return error;
     };
@@ -304,6 +310,22 @@ pub(crate) fn suggest_schema(error: Error, table: &RegisteredTable) -> Error {
             table.spec.name
         )),
         _ => error,
+    }
+}
+
+/// arrow-csv's `at line N` counts a whole file's lines from 0 (the header is line 0): say the
+/// line as editors and `sed -n Np` count it, from 1, as Spillway's own CSV decoder does.
+fn physical_line_numbers(message: &str) -> String {
+    const AT_LINE: &str = "at line ";
+    // The first mention only: the row's own data, quoted after it, may say anything.
+    let Some(at) = message.find(AT_LINE) else {
+        return message.to_string();
+    };
+    let (before, after) = message.split_at(at + AT_LINE.len());
+    let digits = after.len() - after.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    match after[..digits].parse::<u64>() {
+        Ok(line) => format!("{before}{}{}", line + 1, &after[digits..]),
+        Err(_) => message.to_string(),
     }
 }
 
@@ -360,14 +382,16 @@ pub(crate) async fn register(
             .await
             .map_err(in_table);
     }
-    let sniffing = format == TableFormat::Csv && compression == Compression::None;
+    let sniffing = format == TableFormat::Csv;
     let spec = &match (sniffing, resolved.files.first()) {
         (true, Some(first)) => {
             let mut sniffed = spec.clone();
             if tab {
                 sniffed.csv.delimiter.get_or_insert(b'\t');
             }
-            let sample = sniff::sample(store, first).await.map_err(in_table)?;
+            let sample = sniff::sample(store, first, compression, spec.infer_rows)
+                .await
+                .map_err(in_table)?;
             sniffed.csv = sniff::dialect(&sample, sniffed.csv);
             sniffed
         }
@@ -396,7 +420,7 @@ pub(crate) async fn register(
             .as_ref()
             .is_none_or(|named| named.fields().len() != schema.fields().len())
     {
-        true => keep_digit_strings_as_text(store, spec, &resolved, schema)
+        true => keep_digit_strings_as_text(store, spec, &resolved, compression, schema)
             .await
             .map_err(in_table)?,
         false => schema,
@@ -489,13 +513,14 @@ async fn keep_digit_strings_as_text(
     store: &Arc<dyn ObjectStore>,
     spec: &TableSpec,
     resolved: &ResolvedLocation,
+    compression: Compression,
     schema: SchemaRef,
 ) -> Result<SchemaRef> {
     let columns: BTreeSet<usize> = futures::stream::iter(resolved.files.clone())
         .map(|meta| {
             let (store, dialect, rows) = (store.clone(), spec.csv.clone(), spec.infer_rows);
             async move {
-                let sample = sniff::sample(&store, &meta).await?;
+                let sample = sniff::sample(&store, &meta, compression, rows).await?;
                 Ok::<_, Error>(sniff::text_columns(&sample, &dialect, rows))
             }
         })
@@ -979,6 +1004,16 @@ fn common_type(a: &DataType, b: &DataType) -> Option<DataType> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn arrow_csv_line_numbers_are_said_from_one() {
+        assert_eq!(
+            super::physical_line_numbers(
+                "Error while parsing value 'X7' as type 'Int64' for column 1 at line 3000. Row data: 'at line 9'"
+            ),
+            "Error while parsing value 'X7' as type 'Int64' for column 1 at line 3001. Row data: 'at line 9'"
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -20,6 +20,7 @@
 pub(crate) mod split;
 
 use crate::error::{Error, Result};
+use crate::output::hex;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::ipc::writer::{IpcWriteOptions, StreamWriter};
 use datafusion::arrow::ipc::CompressionType;
@@ -306,10 +307,6 @@ fn sha256<'a>(parts: impl IntoIterator<Item = &'a str>) -> [u8; 32] {
         hasher.update(part.as_bytes());
     }
     hasher.finalize().into()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// What the key is made of, each part hashed, in the order a change is explained.

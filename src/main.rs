@@ -49,13 +49,21 @@ static ALLOCATOR: crate::process::allocator::ExitOnExhaustion =
     crate::process::allocator::ExitOnExhaustion;
 
 fn main() -> ExitCode {
-    // Plain `spillway` at a terminal opens the shell.
+    // Plain `spillway` at a terminal (engine flags allowed, no command) opens the shell.
     let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     use std::io::IsTerminal;
-    if args.len() == 1 && std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
-        args.push("shell".into());
-    }
-    let cli = Cli::parse_from(args);
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(error)
+            if error.kind() == clap::error::ErrorKind::MissingSubcommand
+                && std::io::stdin().is_terminal()
+                && std::io::stdout().is_terminal() =>
+        {
+            args.push("shell".into());
+            Cli::parse_from(args)
+        }
+        Err(error) => error.exit(),
+    };
     // The daemon logs one line per run at info level; other commands only warn.
     let daemon = matches!(
         cli.command,

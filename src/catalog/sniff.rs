@@ -6,35 +6,97 @@
 //! account number loses its leading zeros, and a 10-digit NPI becomes a number that sums. A
 //! column whose sampled values include a digit string with a leading zero, or whose digit
 //! strings all have one fixed width of 10 or more, is kept as text (DuckDB does the same).
-//! Reads only the first bytes of each file (`SAMPLE_BYTES`) and must not decide anything a
-//! table's settings say explicitly.
+//! Reads only the first lines of each file (decompressed: the rows inference reads, at least
+//! `SAMPLE_BYTES`, at most `MAX_SAMPLE_BYTES`) and must not decide anything a table's
+//! settings say explicitly.
 
-use crate::catalog::CsvDialect;
+use crate::catalog::{Compression, CsvDialect};
 use crate::error::{Error, Result};
+use datafusion::error::DataFusionError;
+use futures::{StreamExt, TryStreamExt};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-/// Bytes read from the start of a file to sniff it: enough for the 1,000 rows inference reads
-/// of claims-like files (about 130 bytes a row).
+/// Bytes read from the start of a file to sniff it at least: enough for the 1,000 rows
+/// inference reads by default of claims-like files (about 130 bytes a row).
 pub(crate) const SAMPLE_BYTES: u64 = 1 << 20;
+/// Bytes read at most, however many rows `--infer-rows` asks for: the sample is held in
+/// memory, outside the memory pool.
+pub(crate) const MAX_SAMPLE_BYTES: u64 = 64 << 20;
 
 /// Delimiters tried, in order of preference when two fit equally.
 const DELIMITERS: [u8; 4] = [b',', b'|', b'\t', b';'];
 
-/// The first bytes of a file, cut after its last complete line.
-pub(crate) async fn sample(store: &Arc<dyn ObjectStore>, meta: &ObjectMeta) -> Result<Vec<u8>> {
-    let end = meta.size.min(SAMPLE_BYTES);
-    if end == 0 {
-        return Ok(Vec::new());
+/// The first lines of a file, decompressed, cut after its last complete line: at least
+/// `SAMPLE_BYTES`, and on until it holds a header and `rows` rows (the rows DataFusion's
+/// inference reads), or `MAX_SAMPLE_BYTES`.
+pub(crate) async fn sample(
+    store: &Arc<dyn ObjectStore>,
+    meta: &ObjectMeta,
+    compression: Compression,
+    rows: usize,
+) -> Result<Vec<u8>> {
+    let in_file = |e: DataFusionError| Error::from(e).context(format!("file `{}`", meta.location));
+    let from_store = |e: object_store::Error| DataFusionError::ObjectStore(Box::new(e));
+    let wanted_lines = rows.saturating_add(1);
+    let mut bytes = Vec::new();
+    let mut lines = 0usize;
+    let enough = |bytes: &Vec<u8>, lines: usize| {
+        bytes.len() as u64 >= MAX_SAMPLE_BYTES
+            || (bytes.len() as u64 >= SAMPLE_BYTES && lines >= wanted_lines)
+    };
+    let whole;
+    if compression == Compression::None {
+        // Ranged reads: one request of a megabyte for the usual case, never the whole object.
+        let mut end = meta.size.min(SAMPLE_BYTES);
+        loop {
+            let start = bytes.len() as u64;
+            if start < end {
+                let chunk = store
+                    .get_range(&meta.location, start..end)
+                    .await
+                    .map_err(|e| in_file(from_store(e)))?;
+                lines += chunk.iter().filter(|b| **b == b'\n').count();
+                bytes.extend_from_slice(&chunk);
+            }
+            if end == meta.size || enough(&bytes, lines) {
+                whole = end == meta.size;
+                break;
+            }
+            end = (end * 2).min(meta.size).min(MAX_SAMPLE_BYTES);
+        }
+    } else {
+        let stream = store
+            .get(&meta.location)
+            .await
+            .map_err(|e| in_file(from_store(e)))?
+            .into_stream()
+            .map_err(from_store)
+            .boxed();
+        let mut stream = compression
+            .file_type()
+            .convert_stream(stream)
+            .map_err(in_file)?;
+        loop {
+            match stream.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(in_file)?;
+                    lines += chunk.iter().filter(|b| **b == b'\n').count();
+                    bytes.extend_from_slice(&chunk);
+                    if enough(&bytes, lines) {
+                        whole = false;
+                        break;
+                    }
+                }
+                None => {
+                    whole = true;
+                    break;
+                }
+            }
+        }
     }
-    let bytes = store
-        .get_range(&meta.location, 0..end)
-        .await
-        .map_err(|e| Error::from(datafusion::error::DataFusionError::ObjectStore(Box::new(e))))
-        .map_err(|e| e.context(format!("file `{}`", meta.location)))?;
-    let mut bytes = bytes.to_vec();
-    if end < meta.size {
+    if !whole {
         match bytes.iter().rposition(|b| *b == b'\n') {
             Some(last) => bytes.truncate(last + 1),
             None => bytes.clear(),

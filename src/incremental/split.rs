@@ -27,8 +27,9 @@ use std::sync::Arc;
 
 /// Aggregates whose partial states merge into exactly the state of the union (floats: up to
 /// summation order). `median`, `array_agg`, `string_agg`, `first_value`, ... are not here:
-/// their states are every value, or depend on the order rows arrive in.
-const MERGEABLE: &[&str] = &[
+/// their states are every value, or depend on the order rows arrive in. The privacy guard
+/// takes the same list as the summaries an aggregate-only role may ask for.
+pub(crate) const MERGEABLE: &[&str] = &[
     "count",
     "sum",
     "avg",

@@ -23,7 +23,7 @@ use crate::error::Error;
 use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TreeNode};
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::NullEquality;
 use datafusion::common::{Column, DFSchema, DataFusionError, Result, ScalarValue, TableReference};
 use datafusion::execution::session_state::SessionState;
@@ -32,7 +32,7 @@ use datafusion::logical_expr::expr::ScalarFunction;
 use datafusion::logical_expr::{
     cast, lit, Aggregate, ColumnarValue, Distinct, Expr, Filter, JoinType, LogicalPlan,
     LogicalPlanBuilder, Projection, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    SubqueryAlias, TableScan, TableScanBuilder, Union, Volatility,
+    SubqueryAlias, TableScan, TableScanBuilder, Union, Volatility, WindowFunctionDefinition,
 };
 use datafusion::optimizer::AnalyzerRule;
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,6 +90,13 @@ impl AnalyzerRule for PrivacyGuard {
     fn analyze(&self, plan: LogicalPlan, _config: &ConfigOptions) -> Result<LogicalPlan> {
         if self.role.unrestricted {
             return Ok(plan);
+        }
+        // A plan analyzed before holds the guard's own `pseudonym` masks; it was checked then.
+        if !already_guarded(&plan)? && calls(&plan, "pseudonym")? {
+            return Err(refused(format!(
+                "role `{}` may not call pseudonym(): with the key it turns identifiers the caller knows into their tokens, which re-identifies masked rows; a role that sees the column raw may",
+                self.role.name
+            )));
         }
         let mut pass = Pass::default();
         self.guard_root(plan, &mut pass)
@@ -192,13 +199,16 @@ impl PrivacyGuard {
                 self.suppress_small_cells(aggregate, pass)
             }
             LogicalPlan::Union(union) => align_union(union, pass),
+            LogicalPlan::Window(window) => {
+                self.only_summaries(&window.window_expr)?;
+                LogicalPlan::Window(window).recompute_schema()
+            }
             LogicalPlan::Filter(_)
             | LogicalPlan::Sort(_)
             | LogicalPlan::Limit(_)
             | LogicalPlan::Repartition(_)
             | LogicalPlan::SubqueryAlias(_)
             | LogicalPlan::Join(_)
-            | LogicalPlan::Window(_)
             | LogicalPlan::Explain(_)
             | LogicalPlan::Analyze(_) => plan.recompute_schema(),
             other => Err(refused(format!(
@@ -219,6 +229,7 @@ impl PrivacyGuard {
     /// 10M claims); groupings spill. The input is read once more per protected table. With
     /// grouping sets the count stays inline: their rows share group columns.
     fn suppress_small_cells(&self, aggregate: Aggregate, pass: &mut Pass) -> Result<LogicalPlan> {
+        self.only_summaries(&aggregate.aggr_expr)?;
         let subjects = subjects_of(aggregate.input.schema(), pass);
         let grouping_sets = aggregate
             .group_expr
@@ -281,6 +292,40 @@ impl PrivacyGuard {
         let keep = Expr::ScalarFunction(ScalarFunction::new_udf(self.cells.clone(), cells));
         let columns: Vec<Expr> = original.columns().into_iter().map(Expr::Column).collect();
         plan.filter(keep)?.project(columns)?.build()
+    }
+
+    /// Refuse aggregates (or aggregate windows) over people's rows whose result is not a
+    /// summary of them: `array_agg`, `string_agg`, `first_value`, ... hand back the rows'
+    /// own values, so a group of many people would still show each one's row.
+    fn only_summaries(&self, exprs: &[Expr]) -> Result<()> {
+        let mut offending = None;
+        for expr in exprs {
+            expr.apply(|e| {
+                let name = match e {
+                    Expr::AggregateFunction(f) => f.func.name(),
+                    Expr::WindowFunction(w) => match &w.fun {
+                        WindowFunctionDefinition::AggregateUDF(f) => f.name(),
+                        WindowFunctionDefinition::WindowUDF(_) => {
+                            return Ok(TreeNodeRecursion::Continue)
+                        }
+                    },
+                    _ => return Ok(TreeNodeRecursion::Continue),
+                };
+                if is_summary(name) {
+                    Ok(TreeNodeRecursion::Continue)
+                } else {
+                    offending = Some(name.to_string());
+                    Ok(TreeNodeRecursion::Stop)
+                }
+            })?;
+            if let Some(name) = offending {
+                return Err(refused(format!(
+                    "role `{}` reads protected tables only through aggregates (aggregate_only): `{name}` returns the rows' own values rather than a summary of them; use count, sum, avg, min, max, stddev, median or approx_distinct",
+                    self.role.name
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The count of people as one more aggregate of the statement's own aggregation.
@@ -399,6 +444,44 @@ impl PrivacyGuard {
                 ))
             })
     }
+}
+
+/// Aggregates whose result summarises a group's rows rather than listing or picking them.
+fn is_summary(name: &str) -> bool {
+    crate::incremental::split::MERGEABLE.contains(&name)
+        || matches!(name, "median" | "percentile_cont" | "grouping")
+}
+
+/// Whether a plan (or one of its subqueries) already reads a scan the guard rewrote.
+fn already_guarded(plan: &LogicalPlan) -> Result<bool> {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node {
+            if scan.table_name.catalog() == Some(GUARDED_CATALOG) {
+                found = true;
+                return Ok(TreeNodeRecursion::Stop);
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(found)
+}
+
+/// Whether any expression of a plan (or of its subqueries) calls the scalar function `name`.
+fn calls(plan: &LogicalPlan, name: &str) -> Result<bool> {
+    let mut found = false;
+    plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            found =
+                expr.exists(|e| Ok(matches!(e, Expr::ScalarFunction(f) if f.func.name() == name)))?;
+            Ok(if found {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })
+    })?;
+    Ok(found)
 }
 
 /// Subject columns of this pass in `schema`.

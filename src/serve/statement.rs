@@ -537,6 +537,21 @@ async fn next_row(mut state: RowState) -> Option<(PgWireResult<DataRow>, RowStat
             Some((Ok(row), state))
         }
         Ok(None) => {
+            tracing::debug!(
+                rows = state.sent,
+                ms = state.started.elapsed().as_millis() as u64,
+                "statement finished"
+            );
+            if let Some(draft) = state.audit.take() {
+                // Unlogged rows are not an answer: the statement fails when its record does, and its
+                // rows are not cached (a hit would serve them again with no record of the first).
+                if let Err(error) = draft.record(&state.server, state.sent, state.bytes, "ok") {
+                    state.done = true;
+                    state.tee = None;
+                    state.server.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    return Some((Err(user_error("42501", error.to_string())), state));
+                }
+            }
             if let Some(tee) = state.tee.take() {
                 state.server.cache.insert(
                     tee.key,
@@ -547,19 +562,6 @@ async fn next_row(mut state: RowState) -> Option<(PgWireResult<DataRow>, RowStat
                         bytes: tee.bytes,
                     },
                 );
-            }
-            tracing::debug!(
-                rows = state.sent,
-                ms = state.started.elapsed().as_millis() as u64,
-                "statement finished"
-            );
-            if let Some(draft) = state.audit.take() {
-                // Unlogged rows are not an answer: the statement fails when its record does.
-                if let Err(error) = draft.record(&state.server, state.sent, state.bytes, "ok") {
-                    state.done = true;
-                    state.server.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    return Some((Err(user_error("42501", error.to_string())), state));
-                }
             }
             None
         }

@@ -35,6 +35,62 @@ fn codes_keep_their_leading_zeros_and_the_dialect_is_sniffed() {
 }
 
 #[test]
+fn a_compressed_extract_is_sniffed_and_keeps_its_leading_zeros_too() {
+    use std::io::Write;
+    let ws = Workspace::new();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(EXTRACT.as_bytes()).unwrap();
+    ws.write("extract.csv.gz", &gz.finish().unwrap());
+    ws.write(
+        "extract.csv.zst",
+        &zstd::encode_all(EXTRACT.as_bytes(), 3).unwrap(),
+    );
+    for file in ["extract.csv.gz", "extract.csv.zst"] {
+        let out = ws.run(&[
+            "query",
+            "--table",
+            &format!("x={file}"),
+            "--format",
+            "csv",
+            "SELECT column_1, column_3, column_4 * 2 AS twice FROM x ORDER BY column_1",
+        ]);
+        assert_eq!(
+            out.success(),
+            "column_1,column_3,twice\n00002143380,02139,60\n00093505601,00501,60\n51234567890,94105,180\n",
+            "{file}"
+        );
+    }
+}
+
+#[test]
+fn a_leading_zero_past_the_first_megabyte_is_seen_when_infer_rows_reaches_it() {
+    // 40,000 rows of about 40 bytes: the first leading zero sits past 1 MiB, within the
+    // 50,000 rows inference is told to read, so the sample must reach it as inference does.
+    let ws = Workspace::new();
+    let mut text = String::from("id,code,note\n");
+    for i in 0..40_000u32 {
+        text.push_str(&format!(
+            "{i},{},padding-padding-padding\n",
+            10_000 + i % 80_000
+        ));
+    }
+    text.push_str("40000,01234,padding-padding-padding\n");
+    assert!(text.len() > (1 << 20) + 4096);
+    ws.write("codes.csv", text);
+    let out = ws.run(&[
+        "query",
+        "--infer-rows",
+        "50000",
+        "--table",
+        "c=codes.csv",
+        "--format",
+        "csv",
+        "SELECT code FROM c WHERE id = 40000",
+    ]);
+    assert_eq!(out.success(), "code\n01234\n");
+}
+
+#[test]
 fn a_single_quoted_semicolon_extract_is_sniffed_and_described_with_its_quote() {
     let ws = Workspace::new();
     ws.write(
@@ -107,6 +163,8 @@ fn a_later_row_that_breaks_the_inferred_type_names_the_file_line_column_and_the_
         text.push_str(&format!("{i},{},{}.5\n", i % 7, i));
     }
     text.push_str("3000,X7,2.0\n");
+    // Lines counted from 1 with the header, as an editor or `sed -n 3001p` shows them.
+    assert_eq!(text.lines().nth(3000), Some("3000,X7,2.0"));
     ws.write("late.csv", text);
     let out = ws.run(&[
         "query",
@@ -116,7 +174,7 @@ fn a_later_row_that_breaks_the_inferred_type_names_the_file_line_column_and_the_
     ]);
     let message = out.failure(5);
     assert!(message.contains("late.csv"), "{message}");
-    assert!(message.contains("line 3000"), "{message}");
+    assert!(message.contains("at line 3001"), "{message}");
     assert!(
         message.contains("add `code = \"string\"` under [tables.late.schema]"),
         "{message}"
@@ -158,6 +216,27 @@ fn profile_gives_each_columns_nulls_range_distinct_count_and_mean_in_one_pass() 
     let state = row("member_state");
     assert_eq!(state[5], states.len().to_string());
     assert_eq!(state[2], "0");
+
+    // Under a small memory ceiling it answers the same (its states are fixed-size sketches).
+    let small = ws.run(&[
+        "--memory-limit",
+        "48MiB",
+        "profile",
+        "--format",
+        "csv",
+        "claims/",
+    ]);
+    let small_rows: Vec<Vec<String>> = crate::common::csv_rows(small.success());
+    assert_eq!(small_rows.len(), rows.len());
+    for (a, b) in small_rows.iter().zip(&rows) {
+        // Everything but the t-digest quartiles, which depend on how rows meet, and a float
+        // mean's last digits, which depend on the order partial sums arrive in.
+        assert_eq!(a[..6], b[..6]);
+        match (a[6].parse::<f64>(), b[6].parse::<f64>()) {
+            (Ok(x), Ok(y)) => assert!((x - y).abs() <= 1e-9 * y.abs().max(1.0), "{a:?} {b:?}"),
+            _ => assert_eq!(a[6], b[6]),
+        }
+    }
 }
 
 #[test]

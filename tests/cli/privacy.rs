@@ -93,6 +93,10 @@ aggregate_only = true
 [privacy.roles.actuary.tables.claims]
 mask = {{ member_id = "pseudonym" }}
 
+[privacy.roles.actuary20]
+aggregate_only = true
+min_cell_size = 20
+
 [server.users.analyst]
 password_env = "ANALYST_PW"
 role = "analyst"
@@ -240,6 +244,35 @@ fn the_masked_role_never_sees_a_raw_member_id_through_any_query_shape() {
             .collect::<BTreeSet<_>>(),
         months
     );
+
+    // Calling pseudonym() would turn a member ID the analyst knows into its token: refused, in
+    // a subquery or a prepared statement's parameter alike. A role that sees IDs raw may.
+    for sql in [
+        format!(
+            "SELECT count(*) FROM claims WHERE member_id = pseudonym('{}')",
+            claims[0].member_id
+        ),
+        "SELECT claim_id FROM claims WHERE member_id IN (SELECT pseudonym(member_id) FROM claims)"
+            .to_string(),
+    ] {
+        let refused = query(&ws, &[sql.as_str()]);
+        let message = refused.failure(9);
+        assert!(
+            message.contains("role `analyst` may not call pseudonym()"),
+            "{sql}: {message}"
+        );
+    }
+    let owner = query(
+        &ws,
+        &[
+            "--role",
+            "owner",
+            "--format",
+            "csv",
+            "SELECT pseudonym('M000000001') AS p",
+        ],
+    );
+    assert_eq!(owner.success(), format!("p\n{}\n", pseudonym("M000000001")));
 }
 
 /// Per (member_state, brand_generic): claims, total cost in cents and distinct members.
@@ -300,6 +333,30 @@ fn the_aggregate_only_role_gets_exactly_the_groups_of_at_least_min_cell_size_mem
         out.stderr
     );
 
+    // A role's own min_cell_size overrides [privacy]'s.
+    let strict = query(
+        &ws,
+        &[
+            "--role",
+            "actuary20",
+            "--format",
+            "csv",
+            "SELECT member_state, brand_generic, count(*), sum(total_cost) FROM claims \
+             GROUP BY member_state, brand_generic",
+        ],
+    );
+    let got: BTreeSet<(String, String)> = crate::common::csv_rows(strict.success())
+        .into_iter()
+        .map(|row| (row[0].clone(), row[1].clone()))
+        .collect();
+    let at_least_20: BTreeSet<(String, String)> = all
+        .iter()
+        .filter(|(_, cell)| cell.2.len() >= 20)
+        .map(|(key, _)| key.clone())
+        .collect();
+    assert!(at_least_20.len() < expected.len(), "the override must bite");
+    assert_eq!(got, at_least_20);
+
     // DISTINCT is a grouping too.
     let states = query(
         &ws,
@@ -358,6 +415,34 @@ fn the_aggregate_only_role_gets_exactly_the_groups_of_at_least_min_cell_size_mem
         let message = refused.failure(9);
         assert!(
             message.contains("role `actuary` reads `claims` only through aggregates"),
+            "{sql}: {message}"
+        );
+        assert!(refused.stdout.is_empty(), "{sql}: {}", refused.stdout);
+    }
+
+    // Aggregates that hand back the rows' own values are no summary, however big the group.
+    for (sql, function) in [
+        (
+            "SELECT member_state, array_agg(total_cost) FROM claims GROUP BY member_state",
+            "array_agg",
+        ),
+        (
+            "SELECT member_state, string_agg(ndc, ',') FROM claims GROUP BY member_state",
+            "string_agg",
+        ),
+        (
+            // The same collector as a window, its lists then picked by max().
+            "SELECT member_state, max(a) FROM (SELECT member_state, array_agg(ndc) \
+             OVER (PARTITION BY member_state) AS a FROM claims) t GROUP BY member_state",
+            "array_agg",
+        ),
+    ] {
+        let refused = query(&ws, &["--role", "actuary", sql]);
+        let message = refused.failure(9);
+        assert!(
+            message.contains(&format!(
+                "role `actuary` reads protected tables only through aggregates (aggregate_only): `{function}` returns the rows' own values"
+            )),
             "{sql}: {message}"
         );
         assert!(refused.stdout.is_empty(), "{sql}: {}", refused.stdout);
@@ -697,6 +782,10 @@ fn query_and_report_runs_are_audited_and_an_unwritable_log_fails_the_statement()
     assert_eq!(last["suppressed_groups"], members.len() as u64);
     let listed = ws.run(&["audit", "show", "--user", "nobody-of-that-name"]);
     assert!(listed.success().is_empty());
+    let since_past = ws.run(&["audit", "show", "--json", "--since", "2000-01-01"]);
+    assert_eq!(since_past.success().lines().count(), 2);
+    let since_future = ws.run(&["audit", "show", "--since", "2999-01-01"]);
+    assert!(since_future.success().is_empty());
 
     // DataFusion's hashing functions are built in.
     let md5 = query(&ws, &["--format", "csv", "SELECT md5('abc') AS h"]);

@@ -20,13 +20,18 @@ struct Pty {
 impl Pty {
     /// The shell with `pager` as its pager (`SPILLWAY_PAGER`).
     fn start(ws: &Workspace, pager: &str) -> Pty {
+        Pty::start_as(ws, pager, "shell")
+    }
+
+    /// `spillway ARGS` (a shell-quoted argument string) in the pseudo-terminal.
+    fn start_as(ws: &Workspace, pager: &str, args: &str) -> Pty {
         let binary = std::env::var("SPILLWAY_TEST_BIN")
             .unwrap_or_else(|_| env!("CARGO_BIN_EXE_spillway").to_string());
         let command = ws.command();
         let mut child = std::process::Command::new("script")
             // `exec`: script runs the command through `$SHELL -c`; a shell that stays as the
             // pty's foreground parent (dash does) would itself die of the Ctrl-C below.
-            .args(["-qfec", &format!("exec '{binary}' shell"), "/dev/null"])
+            .args(["-qfec", &format!("exec '{binary}' {args}"), "/dev/null"])
             .current_dir(ws.path("."))
             .envs(
                 command
@@ -211,4 +216,23 @@ fn results_on_the_terminal_go_through_the_pager_until_it_is_toggled_off() {
          | through the pager |\n\
          +-------------------+\n"
     );
+}
+
+#[test]
+fn plain_spillway_on_a_terminal_opens_the_shell_with_the_engine_flags_given() {
+    let ws = Workspace::new();
+    let table = ws.gen_claims(1_000, 1, "csv", "claims");
+    ws.write("spillway.toml", table);
+    // No command, engine flags: the shell, with them.
+    let mut shell = Pty::start_as(&ws, "cat", "--memory-limit 64MiB --workers 1");
+    shell
+        .send_line("SELECT count(*) AS n FROM claims;")
+        .unwrap();
+    shell.expect("1000");
+    shell.expect("spillway> ");
+    shell.send_line("\\q").unwrap();
+    assert_eq!(shell.finish(), 0);
+    // Without a terminal, no command is still a usage error, not a shell waiting for input.
+    let out = ws.run(&[]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
 }
