@@ -738,6 +738,7 @@ pub(crate) fn register_functions(
     }
     // By name, for stage plans of aggregate-only roles that run on a cluster.
     state.register_udf(crate::privacy::guard::cell_check_udf(Default::default()))?;
+    state.register_udaf(crate::privacy::people::people_upto_udaf())?;
     for udaf in crate::engine::aggregate::udafs() {
         state.register_udaf(udaf)?;
     }

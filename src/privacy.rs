@@ -13,6 +13,7 @@
 pub(crate) mod audit;
 pub(crate) mod functions;
 pub(crate) mod guard;
+pub(crate) mod people;
 
 use crate::config::{PrivacySection, RoleSection};
 use crate::error::{Error, Result};

@@ -48,7 +48,7 @@ pub(crate) fn udafs() -> Vec<Arc<AggregateUDF>> {
 }
 
 /// Whether `row` passes an aggregate's `FILTER (WHERE ...)`: true, not NULL or false.
-fn passes(filter: Option<&BooleanArray>, row: usize) -> bool {
+pub(crate) fn passes(filter: Option<&BooleanArray>, row: usize) -> bool {
     filter.is_none_or(|f| f.is_valid(row) && f.value(row))
 }
 

@@ -24,15 +24,13 @@ use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::NullEquality;
 use datafusion::common::{Column, DFSchema, DataFusionError, Result, ScalarValue, TableReference};
 use datafusion::execution::session_state::SessionState;
-use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
-use datafusion::logical_expr::expr::ScalarFunction;
+use datafusion::logical_expr::expr::{AggregateFunction, ScalarFunction};
 use datafusion::logical_expr::{
-    cast, lit, Aggregate, ColumnarValue, Distinct, Expr, Filter, JoinType, LogicalPlan,
-    LogicalPlanBuilder, Projection, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature,
-    SubqueryAlias, TableScan, TableScanBuilder, Union, Volatility, WindowFunctionDefinition,
+    cast, lit, Aggregate, AggregateUDF, ColumnarValue, Distinct, Expr, Filter, LogicalPlan,
+    Projection, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TableScan,
+    TableScanBuilder, Union, Volatility, WindowFunctionDefinition,
 };
 use datafusion::optimizer::AnalyzerRule;
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +53,7 @@ pub(crate) struct PrivacyGuard {
     /// The session as it was without the guard: row filters are planned against it.
     planner: SessionState,
     cells: Arc<ScalarUDF>,
+    people: Arc<AggregateUDF>,
     suppressed: Arc<AtomicU64>,
 }
 
@@ -72,6 +71,7 @@ impl PrivacyGuard {
             role,
             planner,
             cells: cell_check_udf(suppressed.clone()),
+            people: super::people::people_upto_udaf(),
             suppressed,
         }
     }
@@ -219,79 +219,43 @@ impl PrivacyGuard {
         }
     }
 
-    /// Count the distinct people behind each group of `aggregate` and keep the groups with at
-    /// least `min_cell_size` of them (for every protected table that feeds it).
+    /// Count the distinct people behind each group of `aggregate` (for every protected table
+    /// that feeds it) as one more aggregate of its own, and keep the groups with at least
+    /// `min_cell_size` of them.
     ///
-    /// The people are counted in two plain groupings (by the group keys and the person, then by
-    /// the group keys), joined to the statement's own aggregation on the group keys (NULL
-    /// equal to NULL). DataFusion's `count(DISTINCT)` beside other aggregates keeps a hash set
-    /// per group outside the memory pool (10 GiB of RSS under a 1.2 GiB pool on 180k groups of
-    /// 10M claims); groupings spill. The input is read once more per protected table. With
-    /// grouping sets the count stays inline: their rows share group columns.
+    /// The count is `spillway_people_upto(person, k)` (see `people`): a group keeps at most
+    /// `k` people, so the state is bounded, spills with the aggregation's, and the input is
+    /// read once. (DataFusion's `count(DISTINCT)` beside other aggregates keeps a hash set per
+    /// group outside the memory pool: 10 GiB of RSS under a 1.2 GiB pool on 180k groups of 10M
+    /// claims; a second grouping by group and person, joined back, spilled but cost 7x.)
     fn suppress_small_cells(&self, aggregate: Aggregate, pass: &mut Pass) -> Result<LogicalPlan> {
         self.only_summaries(&aggregate.aggr_expr)?;
         let subjects = subjects_of(aggregate.input.schema(), pass);
-        let grouping_sets = aggregate
-            .group_expr
-            .iter()
-            .any(|e| matches!(e, Expr::GroupingSet(_)));
-        if grouping_sets {
-            return self.suppress_inline(aggregate, subjects);
-        }
         let original = aggregate.schema.clone();
-        let keys = aggregate.group_expr.len();
-        let own = LogicalPlan::Aggregate(Aggregate::try_new(
-            aggregate.input.clone(),
-            aggregate.group_expr.clone(),
-            aggregate.aggr_expr,
-        )?);
-        let left_keys: Vec<Column> = own.schema().columns()[..keys].to_vec();
-        let mut plan = LogicalPlanBuilder::from(own);
-        let mut cells = vec![lit(self.role.min_cell_size as i64)];
+        let k = self.role.min_cell_size as i64;
+        let mut aggregates = aggregate.aggr_expr;
+        let mut cells = vec![lit(k)];
         for (i, subject) in subjects.into_iter().enumerate() {
-            let mut by_person = aggregate.group_expr.clone();
-            by_person.push(Expr::Column(subject));
-            let people = Aggregate::try_new(aggregate.input.clone(), by_person, vec![])?;
-            let columns = people.schema.columns();
-            let person = Expr::Column(columns[keys].clone());
-            let counted = Aggregate::try_new(
-                Arc::new(LogicalPlan::Aggregate(people)),
-                // Key names of their own: the statement's keys may be unqualified, and a
-                // schema cannot hold `x` beside `cells.x`.
-                columns[..keys]
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| {
-                        Expr::Column(c.clone()).alias(format!("{CELL_PREFIX}key_{i}_{k}"))
-                    })
-                    .collect(),
-                vec![count(person).alias(format!("{CELL_PREFIX}{i}"))],
-            )?;
-            let alias = format!("{CELL_PREFIX}table_{i}");
-            let counted = LogicalPlan::SubqueryAlias(SubqueryAlias::try_new(
-                Arc::new(LogicalPlan::Aggregate(counted)),
-                alias.as_str(),
-            )?);
-            let right_keys: Vec<Column> = counted.schema().columns()[..keys].to_vec();
-            cells.push(Expr::Column(Column::new(
-                Some(TableReference::bare(alias.as_str())),
-                format!("{CELL_PREFIX}{i}"),
-            )));
-            plan = if keys == 0 {
-                plan.cross_join(counted)?
-            } else {
-                plan.join_detailed(
-                    counted,
-                    JoinType::Inner,
-                    (left_keys.clone(), right_keys),
-                    None,
-                    NullEquality::NullEqualsNull,
-                )?
-            };
+            let name = format!("{CELL_PREFIX}{i}");
+            let people = Expr::AggregateFunction(AggregateFunction::new_udf(
+                self.people.clone(),
+                vec![Expr::Column(subject), lit(k)],
+                false,
+                None,
+                vec![],
+                None,
+            ));
+            aggregates.push(people.alias(&name));
+            cells.push(Expr::Column(Column::from_name(name)));
         }
+        let counted = Aggregate::try_new(aggregate.input, aggregate.group_expr, aggregates)?;
         let keep = Expr::ScalarFunction(ScalarFunction::new_udf(self.cells.clone(), cells));
+        let kept = Filter::try_new(keep, Arc::new(LogicalPlan::Aggregate(counted)))?;
         let columns: Vec<Expr> = original.columns().into_iter().map(Expr::Column).collect();
-        plan.filter(keep)?.project(columns)?.build()
+        Ok(LogicalPlan::Projection(Projection::try_new(
+            columns,
+            Arc::new(LogicalPlan::Filter(kept)),
+        )?))
     }
 
     /// Refuse aggregates (or aggregate windows) over people's rows whose result is not a
@@ -326,26 +290,6 @@ impl PrivacyGuard {
             }
         }
         Ok(())
-    }
-
-    /// The count of people as one more aggregate of the statement's own aggregation.
-    fn suppress_inline(&self, aggregate: Aggregate, subjects: Vec<Column>) -> Result<LogicalPlan> {
-        let original = aggregate.schema.clone();
-        let mut aggregates = aggregate.aggr_expr;
-        let mut cells = vec![lit(self.role.min_cell_size as i64)];
-        for (i, subject) in subjects.into_iter().enumerate() {
-            let name = format!("{CELL_PREFIX}{i}");
-            aggregates.push(count_distinct(Expr::Column(subject)).alias(&name));
-            cells.push(Expr::Column(Column::from_name(name)));
-        }
-        let counted = Aggregate::try_new(aggregate.input, aggregate.group_expr, aggregates)?;
-        let keep = Expr::ScalarFunction(ScalarFunction::new_udf(self.cells.clone(), cells));
-        let kept = Filter::try_new(keep, Arc::new(LogicalPlan::Aggregate(counted)))?;
-        let columns: Vec<Expr> = original.columns().into_iter().map(Expr::Column).collect();
-        Ok(LogicalPlan::Projection(Projection::try_new(
-            columns,
-            Arc::new(LogicalPlan::Filter(kept)),
-        )?))
     }
 
     /// `Projection(masks) ← Filter(row filter) ← TableScan` for a guarded table.
