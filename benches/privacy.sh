@@ -88,7 +88,7 @@ out="benches/results/privacy-$rows-$format.md"
 {
   echo "# The PHI guard's cost"
   echo
-  echo "$rows claims rows ($format, 8 files), $(nproc) cores, $(date -u +%Y-%m-%d), $("$SPILLWAY_BIN" --version)."
+  echo "$rows claims rows ($format, 8 files), $(nproc) cores, $(date -u +%Y-%m-%d), $("$SPILLWAY_BIN" --version), $build."
   echo "Median of $runs runs each, interleaved; ratio = seconds / seconds with no policy (the owner role)."
   echo
   echo "| query | policy | seconds | ratio | peak RSS MiB | rows | groups suppressed |"
