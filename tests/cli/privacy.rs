@@ -806,6 +806,40 @@ fn query_and_report_runs_are_audited_and_an_unwritable_log_fails_the_statement()
     assert!(!ws.path("out/again.csv").exists());
 }
 
+/// (plan_id -> claims, plan_paid in cents) read by DuckDB with the key; asserts that DuckDB
+/// cannot read the file without it.
+fn read_encrypted(file: &std::path::Path, raw_key: &str) -> BTreeMap<String, (u64, i64)> {
+    let output = Command::new(crate::serve_python::python())
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/duckdb_decrypt.py"))
+        .args([file.to_str().unwrap(), raw_key])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(
+        result["without_key"].is_string(),
+        "read without the key: {result}"
+    );
+    result["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            (
+                row[0].as_str().unwrap().to_string(),
+                (
+                    row[1].as_str().unwrap().parse().unwrap(),
+                    crate::common::cents(row[2].as_str().unwrap()),
+                ),
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn an_encrypted_parquet_output_reads_back_with_the_key_in_duckdb_and_not_without() {
     let Setup { ws, claims, .. } = setup(800);
@@ -835,42 +869,45 @@ fn an_encrypted_parquet_output_reads_back_with_the_key_in_duckdb_and_not_without
     // An encrypted footer ends in "PARE" instead of "PAR1".
     assert_eq!(&bytes[bytes.len() - 4..], b"PARE");
 
-    let output = Command::new(crate::serve_python::python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/duckdb_decrypt.py"))
-        .args([file.to_str().unwrap(), raw_key])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let mut expected: BTreeMap<String, (u64, i64)> = BTreeMap::new();
     for claim in &claims {
         let entry = expected.entry(claim.plan_id.clone()).or_default();
         entry.0 += 1;
         entry.1 += claim.plan_paid_cents;
     }
-    let got: BTreeMap<String, (u64, i64)> = result["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            (
-                row[0].as_str().unwrap().to_string(),
-                (
-                    row[1].as_str().unwrap().parse().unwrap(),
-                    crate::common::cents(row[2].as_str().unwrap()),
-                ),
-            )
-        })
-        .collect();
-    assert_eq!(got, expected);
-    assert!(
-        result["without_key"].is_string(),
-        "read without the key: {result}"
+    assert_eq!(read_encrypted(&file, raw_key), expected);
+
+    // A report with `encrypt = true` in its header: the same, and the key is in no record.
+    ws.write(
+        "queries/paid.sql",
+        "/* report\nname = \"paid\"\nformat = \"parquet\"\nencrypt = true\n*/\n\
+         SELECT plan_id, count(*) AS n, sum(plan_paid) AS paid FROM claims GROUP BY plan_id\n",
     );
+    let mut command = ws.command();
+    command
+        .env("TEST_PSEUDONYM_KEY", KEY)
+        .env("SPILLWAY_ENCRYPTION_KEY", &encoded)
+        .args([
+            "report",
+            "run",
+            "paid",
+            "--queries",
+            "queries",
+            "--role",
+            "owner",
+            "--at",
+            "2026-12-01",
+        ]);
+    let run = crate::common::Outcome::from_output(command.output().unwrap());
+    run.success();
+    let report = ws.path("reports/paid/2026-12-01.parquet");
+    let bytes = std::fs::read(&report).unwrap();
+    assert_eq!(&bytes[bytes.len() - 4..], b"PARE");
+    assert_eq!(read_encrypted(&report, raw_key), expected);
+    let audit = std::fs::read_to_string(ws.path("audit/audit.jsonl")).unwrap();
+    assert!(audit.contains("\"report\":\"paid\""), "{audit}");
+    assert!(!audit.contains(&encoded) && !audit.contains(raw_key));
+    assert!(!run.stderr.contains(&encoded) && !run.stdout.contains(&encoded));
 
     // Only Parquet can be encrypted; a missing key is named, not guessed.
     let csv = query(&ws, &["--encrypt", "-o", "out/x.csv", "SELECT 1"]);
