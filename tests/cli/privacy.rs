@@ -559,24 +559,17 @@ async fn roles_hold_over_psql_tokio_postgres_and_psycopg_and_the_cache_never_cro
         .is_empty());
 
     // psycopg 3: shapes, a server-side cursor, a bound parameter.
-    let output = Command::new(crate::serve_python::python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/psycopg_privacy.py"))
-        .args([
+    let stdout = python_script(
+        "psycopg_privacy.py",
+        &[
             &server.port.to_string(),
             "analyst",
             ANALYST_PASSWORD,
             &plans[0],
-        ])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        ],
     );
-    assert!(!holds_raw_member_id(&output.stdout));
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(!holds_raw_member_id(&stdout));
+    let result: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     let visible = claims.iter().filter(|c| plans.contains(&c.plan_id)).count();
     assert_eq!(
         result["server_side_cursor"].as_array().unwrap().len(),
@@ -806,20 +799,31 @@ fn query_and_report_runs_are_audited_and_an_unwritable_log_fails_the_statement()
     assert!(!ws.path("out/again.csv").exists());
 }
 
-/// (plan_id -> claims, plan_paid in cents) read by DuckDB with the key; asserts that DuckDB
-/// cannot read the file without it.
-fn read_encrypted(file: &std::path::Path, raw_key: &str) -> BTreeMap<String, (u64, i64)> {
+/// The standard output of `tests/python/NAME` run with `args`, which must succeed.
+fn python_script(name: &str, args: &[&str]) -> Vec<u8> {
     let output = Command::new(crate::serve_python::python())
-        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/duckdb_decrypt.py"))
-        .args([file.to_str().unwrap(), raw_key])
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/python")
+                .join(name),
+        )
+        .args(args)
+        .env("PGCONNECT_TIMEOUT", "10")
         .output()
         .unwrap();
     assert!(
         output.status.success(),
-        "{}",
+        "{name}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    output.stdout
+}
+
+/// (plan_id -> claims, plan_paid in cents) read by DuckDB with the key; asserts that DuckDB
+/// cannot read the file without it.
+fn read_encrypted(file: &std::path::Path, raw_key: &str) -> BTreeMap<String, (u64, i64)> {
+    let stdout = python_script("duckdb_decrypt.py", &[file.to_str().unwrap(), raw_key]);
+    let result: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
     assert!(
         result["without_key"].is_string(),
         "read without the key: {result}"
