@@ -194,10 +194,24 @@ impl History {
         connection
             .busy_timeout(Duration::from_secs(5))
             .map_err(failed)?;
-        // `journal_mode` answers with a row, so it is read rather than executed.
-        let _mode: String = connection
-            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(failed)?;
+        // `journal_mode` answers with a row, so it is read rather than executed. Turning a new
+        // file to WAL needs it to itself: another process opening it at that moment makes
+        // SQLite answer "locked" at once, without waiting, so wait here.
+        let started = std::time::Instant::now();
+        loop {
+            match connection.query_row("PRAGMA journal_mode = WAL", [], |row| {
+                row.get::<_, String>(0)
+            }) {
+                Ok(_) => break,
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy
+                        && started.elapsed() < Duration::from_secs(5) =>
+                {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(error) => return Err(failed(error)),
+            }
+        }
         let version: i64 = connection
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(failed)?;
@@ -209,10 +223,16 @@ impl History {
                 ),
             });
         }
-        connection.execute_batch(HISTORY_SCHEMA).map_err(failed)?;
-        connection
-            .pragma_update(None, "user_version", HISTORY_SCHEMA_VERSION)
-            .map_err(failed)?;
+        if version < HISTORY_SCHEMA_VERSION {
+            // One writer at a time (IMMEDIATE waits for the lock through the busy timeout);
+            // a history already at this version is only read, so `report history` beside a
+            // running daemon never competes with it for the write lock.
+            connection
+                .execute_batch(&format!(
+                    "BEGIN IMMEDIATE; {HISTORY_SCHEMA}; PRAGMA user_version = {HISTORY_SCHEMA_VERSION}; COMMIT;"
+                ))
+                .map_err(failed)?;
+        }
         Ok(History {
             path: path.to_path_buf(),
             connection: Mutex::new(connection),
