@@ -785,7 +785,6 @@ pub(crate) fn fit_sorts_to_pool(
     };
 }
 
-/// Parse a spill compression name.
 /// Turn off every dynamic filter (join, top-k, aggregate): see [`Engine::execute_with_states`].
 pub(crate) fn without_dynamic_filters(options: &mut datafusion::config::ConfigOptions) {
     let optimizer = &mut options.optimizer;
@@ -795,6 +794,7 @@ pub(crate) fn without_dynamic_filters(options: &mut datafusion::config::ConfigOp
     optimizer.enable_aggregate_dynamic_filter_pushdown = false;
 }
 
+/// Parse a spill compression name.
 pub(crate) fn parse_spill_compression(text: &str) -> std::result::Result<SpillCompression, String> {
     match text.trim().to_ascii_lowercase().as_str() {
         "zstd" => Ok(SpillCompression::Zstd),

@@ -319,9 +319,15 @@ fn a_high_cardinality_group_by_spills_under_a_small_limit_and_stays_correct() {
 fn explain_analyze_shows_spill_metrics() {
     let ws = Workspace::new();
     ws.gen_claims(100_000, 1, "csv", "claims");
+    // One worker: with two, the partition that finishes first starts the cross-partition
+    // merge (which cannot spill) while the other's sorter still holds the pool's rest, and
+    // under a loaded machine the merge can find 16 MiB too small (exit 7). This test is about
+    // the spill metrics, not that race.
     let out = ws.run(&[
         "--memory-limit",
         "16MiB",
+        "--workers",
+        "1",
         "explain",
         "--analyze",
         "-t",
