@@ -39,28 +39,26 @@ pub(crate) async fn sample(
 ) -> Result<Vec<u8>> {
     let in_file = |e: DataFusionError| Error::from(e).context(format!("file `{}`", meta.location));
     let from_store = |e: object_store::Error| DataFusionError::ObjectStore(Box::new(e));
-    let wanted_lines = rows.saturating_add(1);
-    let mut bytes = Vec::new();
-    let mut lines = 0usize;
-    let enough = |bytes: &Vec<u8>, lines: usize| {
-        bytes.len() as u64 >= MAX_SAMPLE_BYTES
-            || (bytes.len() as u64 >= SAMPLE_BYTES && lines >= wanted_lines)
+    let mut sample = Sample {
+        bytes: Vec::new(),
+        lines: 0,
+        wanted_lines: rows.saturating_add(1),
     };
     let whole;
     if compression == Compression::None {
         // Ranged reads: one request of a megabyte for the usual case, never the whole object.
         let mut end = meta.size.min(SAMPLE_BYTES);
         loop {
-            let start = bytes.len() as u64;
+            let start = sample.bytes.len() as u64;
+            let mut enough = false;
             if start < end {
                 let chunk = store
                     .get_range(&meta.location, start..end)
                     .await
                     .map_err(|e| in_file(from_store(e)))?;
-                lines += chunk.iter().filter(|b| **b == b'\n').count();
-                bytes.extend_from_slice(&chunk);
+                enough = sample.add(&chunk);
             }
-            if end == meta.size || enough(&bytes, lines) {
+            if end == meta.size || enough {
                 whole = end == meta.size;
                 break;
             }
@@ -81,10 +79,7 @@ pub(crate) async fn sample(
         loop {
             match stream.next().await {
                 Some(chunk) => {
-                    let chunk = chunk.map_err(in_file)?;
-                    lines += chunk.iter().filter(|b| **b == b'\n').count();
-                    bytes.extend_from_slice(&chunk);
-                    if enough(&bytes, lines) {
+                    if sample.add(&chunk.map_err(in_file)?) {
                         whole = false;
                         break;
                     }
@@ -96,6 +91,7 @@ pub(crate) async fn sample(
             }
         }
     }
+    let mut bytes = sample.bytes;
     if !whole {
         match bytes.iter().rposition(|b| *b == b'\n') {
             Some(last) => bytes.truncate(last + 1),
@@ -103,6 +99,23 @@ pub(crate) async fn sample(
         }
     }
     Ok(bytes)
+}
+
+/// The first bytes of a file as they are read, and how many lines they hold.
+struct Sample {
+    bytes: Vec<u8>,
+    lines: usize,
+    wanted_lines: usize,
+}
+
+impl Sample {
+    /// Take the next chunk; whether the sample is now long enough.
+    fn add(&mut self, chunk: &[u8]) -> bool {
+        self.lines += chunk.iter().filter(|b| **b == b'\n').count();
+        self.bytes.extend_from_slice(chunk);
+        let taken = self.bytes.len() as u64;
+        taken >= MAX_SAMPLE_BYTES || (taken >= SAMPLE_BYTES && self.lines >= self.wanted_lines)
+    }
 }
 
 /// The records of a sample under a dialect (at most `limit`).

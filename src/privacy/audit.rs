@@ -226,11 +226,14 @@ fn last_hash(file: &mut File) -> std::io::Result<String> {
     if length == 0 {
         return Ok(GENESIS.to_string());
     }
-    // Read backwards until the start of the last line.
+    // Read backwards until the start of the last line: a record is usually a few hundred
+    // bytes, and this runs for every batch written, so start small.
     let mut tail = Vec::new();
     let mut end = length;
+    let mut step = 4 * 1024;
     loop {
-        let start = end.saturating_sub(64 * 1024);
+        let start = end.saturating_sub(step);
+        step = (step * 2).min(64 * 1024);
         let mut chunk = vec![0u8; (end - start) as usize];
         file.seek(SeekFrom::Start(start))?;
         file.read_exact(&mut chunk)?;
